@@ -1,0 +1,97 @@
+"""Request bodies of the three Images endpoints (contract sections 2 to 4), plus limner's extensions.
+
+Closed enums are Literals so the schema documents the wire; which values a given model accepts is the
+rule table's job (limner.rules), which narrows them per model with errors that name the field.
+`size` and `model` are open strings in the spec and stay `str` here.
+"""
+
+from typing import Literal
+
+from pydantic import Field
+
+from limner.types._base import RequestModel
+
+Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
+ResponseFormat = Literal["url", "b64_json"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+Background = Literal["transparent", "opaque", "auto"]
+Moderation = Literal["low", "auto"]
+Style = Literal["vivid", "natural"]
+InputFidelity = Literal["high", "low"]
+
+#: limner's documented extensions (contract section 10), accepted on all three endpoints.
+EXTENSION_FIELDS = ("seed", "negative_prompt", "num_inference_steps", "guidance_scale")
+
+
+class _Extensions(RequestModel):
+    seed: int | None = Field(default=None, description="limner extension: image i uses seed + i.")
+    negative_prompt: str | None = Field(default=None, description="limner extension.")
+    num_inference_steps: int | None = Field(default=None, description="limner extension, 1..150.")
+    guidance_scale: float | None = Field(default=None, description="limner extension, 0..30.")
+
+
+class _Common(_Extensions):
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    user: str | None = None
+    # Newer SDKs send safety_identifier in place of the deprecated `user`; accepted like `user`.
+    safety_identifier: str | None = None
+
+
+class CreateImageRequest(_Common):
+    """POST /v1/images/generations (application/json)."""
+
+    prompt: str
+    quality: Quality | None = None
+    response_format: ResponseFormat | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+    moderation: Moderation | None = None
+    background: Background | None = None
+    style: Style | None = None
+
+
+class CreateImageEditRequest(_Common):
+    """The scalar fields of POST /v1/images/edits (multipart/form-data); the files travel beside them."""
+
+    prompt: str
+    quality: Quality | None = None
+    response_format: ResponseFormat | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+    background: Background | None = None
+    input_fidelity: InputFidelity | None = None
+
+
+class ImageRef(RequestModel):
+    """ImageRefParam: exactly one of image_url (https or data: URL) or file_id."""
+
+    image_url: str | None = Field(default=None, max_length=20_971_520)
+    file_id: str | None = None
+
+
+class EditImageJsonRequest(_Common):
+    """POST /v1/images/edits (application/json): GPT image models only."""
+
+    images: list[ImageRef]
+    prompt: str
+    mask: ImageRef | None = None
+    quality: Literal["low", "medium", "high", "auto"] | None = None
+    input_fidelity: InputFidelity | None = None
+    output_format: OutputFormat | None = None
+    output_compression: int | None = None
+    moderation: Moderation | None = None
+    background: Background | None = None
+    stream: bool | None = None
+    partial_images: int | None = None
+
+
+class CreateImageVariationRequest(_Common):
+    """The scalar fields of POST /v1/images/variations (multipart/form-data); `image` travels beside."""
+
+    response_format: ResponseFormat | None = None
