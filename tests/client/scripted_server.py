@@ -104,16 +104,17 @@ class ScriptedServer:
                     self.end_headers()
                     self.wfile.write(reply.body)
                     return
-                self.send_header("Connection", "close")
+                # Chunked, so that a drop is a broken body, not a close-delimited end.
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 for chunk in reply.chunks:
                     if chunk == b"<drop>":
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    self.wfile.write(chunk)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()
-                self.close_connection = True
+                self.wfile.write(b"0\r\n\r\n")
 
             do_GET = _answer
             do_POST = _answer
