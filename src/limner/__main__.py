@@ -1,0 +1,3 @@
+from limner.cli.main import main
+
+main()

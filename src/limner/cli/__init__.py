@@ -1,0 +1,1 @@
+"""The `limner` command. The server is imported only by `limner serve`."""

@@ -1,0 +1,166 @@
+"""`limner serve | keys` here; the client commands (generate, edit, vary, models) in client_commands."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from limner import __version__
+
+app = typer.Typer(
+    name="limner",
+    help="limner: a self-hosted OpenAI Images API (server, engines, client).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(
+    help="Manage API keys (stored hashed in SQLite under the data dir).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where keys, the signing secret and url-mode images live. "
+        "Default: $LIMNER_DATA_DIR or a per-user folder.",
+    ),
+]
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    from limner.server.settings import default_data_dir
+
+    return data_dir or default_data_dir()
+
+
+def _parse_model_flags(values: list[str]) -> dict[str, dict[str, str]]:
+    """`NAME=ENGINE:SOURCE` (e.g. `dall-e-3=diffusers:/models/sdxl`), or `NAME=sketch`."""
+    models: dict[str, dict[str, str]] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        engine, _, source = spec.partition(":")
+        if not sep or not name or not engine:
+            raise typer.BadParameter(f"expected NAME=ENGINE[:SOURCE], got {value!r}", param_hint="--model")
+        models[name] = {"engine": engine, **({"source": source} if source else {})}
+    return models
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on. [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port. [default: 8000]")] = None,
+    data_dir: DataDir = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A TOML config file.", exists=True, dir_okay=False)
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option("--public-url", help="Base of the links in url responses.")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", help="Serve NAME with an engine: NAME=diffusers:SOURCE or NAME=sketch (repeatable)."
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the Images API server."""
+    import uvicorn
+
+    from limner.errors import EngineUnavailable
+    from limner.server.app import create_app
+    from limner.server.auth import is_loopback
+    from limner.server.settings import Settings
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load(
+            config,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            public_url=public_url,
+            models=_parse_model_flags(model or []) or None,
+        )
+        application = create_app(settings)
+    except (EngineUnavailable, ValueError, OSError) as exc:
+        typer.echo(f"limner serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not is_loopback(settings.host) and not application.state.keys.has_active_keys():
+        logging.getLogger("limner.server").warning(
+            "listening on %s with no API key: anyone who can reach this port can use it. "
+            "Create one with `limner keys create`.",
+            settings.host,
+        )
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    data_dir: DataDir = None,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
+) -> None:
+    """Create a key. It is printed once, as the last line; only its hash is stored."""
+    from limner.server.keys import KeyStore
+
+    record, secret = KeyStore(_data_dir(data_dir) / "keys.sqlite3").create(name)
+    typer.echo(f"Created key {record.id} ({record.name}). Keep it safe: it is not shown again.")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List keys (ids, names and hints; never the keys)."""
+    import datetime
+
+    from limner.server.keys import KeyStore
+
+    for k in KeyStore(_data_dir(data_dir) / "keys.sqlite3").list():
+        created = datetime.datetime.fromtimestamp(k.created_at, datetime.UTC).isoformat(timespec="seconds")
+        state = "revoked" if k.revoked_at else "active"
+        typer.echo(f"{k.id}\t{k.name}\t{k.hint}\t{created}\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a key by its id."""
+    from limner.server.keys import KeyStore
+
+    if not KeyStore(_data_dir(data_dir) / "keys.sqlite3").revoke(key_id):
+        typer.echo(f"No active key with id {key_id}.", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Revoked {key_id}.")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def _register_client_commands() -> None:
+    try:
+        from limner.cli import client_commands
+    except ImportError:  # the client commands land separately; serve and keys work without them
+        return
+    client_commands.register(app)
+
+
+_register_client_commands()
+
+
+def main() -> None:
+    app()

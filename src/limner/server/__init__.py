@@ -1,0 +1,1 @@
+"""The HTTP server: FastAPI app, routes, errors, auth. Only `limner serve` imports this package."""

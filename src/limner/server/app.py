@@ -1,0 +1,77 @@
+"""create_app(settings): the whole server wired explicitly, no module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+from limner import __version__
+from limner.engines.registry import EngineRegistry
+from limner.scheduler import Scheduler
+from limner.server import errors
+from limner.server.auth import require_key
+from limner.server.keys import KeyStore
+from limner.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from limner.server.routes import edits, files, generations, health, models, variations
+from limner.server.settings import Settings
+from limner.storage import ImageStore
+from limner.storage.files import load_secret
+
+log = logging.getLogger("limner.server")
+
+
+async def _sweep_forever(store: ImageStore, interval: float) -> None:
+    while True:
+        try:
+            removed = await asyncio.to_thread(store.sweep)
+            if removed:
+                log.info("swept %d expired image(s)", removed)
+        except Exception:  # keep sweeping whatever one pass hit
+            log.exception("sweeping expired images failed")
+        await asyncio.sleep(interval)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    registry = EngineRegistry(settings.models, sketch_concurrency=settings.sketch_concurrency)
+    scheduler = Scheduler()
+    store = ImageStore(data_dir / "images", load_secret(data_dir / "secret.key"), settings.url_ttl_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for engine in registry.engines.values():
+            if getattr(engine, "load_at_startup", False):
+                await asyncio.to_thread(engine.load)
+        sweeper = asyncio.create_task(_sweep_forever(store, settings.sweep_interval_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            scheduler.shutdown()
+
+    app = FastAPI(title="limner", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.lookup = registry.lookup(settings.defaults)
+    app.state.scheduler = scheduler
+    app.state.store = store
+    app.state.keys = KeyStore(data_dir / "keys.sqlite3")
+    app.state.started = int(time.time())
+
+    errors.install(app)
+    v1 = [Depends(require_key)]
+    for router in (generations.router, edits.router, variations.router, models.router):
+        app.include_router(router, prefix="/v1", dependencies=v1)
+    app.include_router(files.router)
+    app.include_router(health.router)
+
+    # Outermost first: ids and timing on every response, the 413 included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,145 @@
+"""One place that renders every failure as the OpenAI error envelope, with no internals in it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from limner.errors import InvalidRequest, JobCancelled, LimnerError, UnknownParameter
+
+log = logging.getLogger("limner.server")
+
+SERVER_ERROR_MESSAGE = (
+    "The server had an error while processing your request. Sorry about that! "
+    "You can retry your request; the request id is in the x-request-id header."
+)
+
+
+def envelope(
+    status: int,
+    message: str,
+    *,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def render(exc: LimnerError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+def _param(loc: Sequence[Any]) -> str | None:
+    """('body', 'images', 0, 'image_url') -> 'images[0].image_url'; FastAPI's 'body'/'query' dropped."""
+    parts = [p for p in loc if p not in ("body", "query", "form")]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif out:
+            out += f".{p}"
+        else:
+            out = str(p)
+    return out or None
+
+
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "string": "a string",
+    "str": "a string",
+    "list": "an array",
+    "dict": "an object",
+    "model": "an object",
+}
+
+
+def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
+    """The first pydantic error as an OpenAI-style 400 naming its param."""
+    err = errors[0]
+    loc = err.get("loc", ())
+    param = _param(loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return UnknownParameter(param or "")
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    if kind in ("literal_error", "enum"):
+        expected = err.get("ctx", {}).get("expected", "")
+        return InvalidRequest(
+            f"Invalid value: {err.get('input')!r}. Supported values are: {expected}.",
+            param=param,
+            code="invalid_value",
+        )
+    for suffix in ("_type", "_parsing"):
+        if kind.endswith(suffix):
+            name = kind[: -len(suffix)]
+            if name == "model_attributes":
+                name = "model"
+            wanted = _TYPE_NAMES.get(name, name)
+            return InvalidRequest(
+                f"Invalid type for '{param}': expected {wanted}, but got {type(err.get('input')).__name__} "
+                f"{err.get('input')!r} instead.",
+                param=param,
+                code="invalid_type",
+            )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {err.get('msg', 'invalid')}.", param=param, code="invalid_value"
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(LimnerError)
+    async def _limner(request: Request, exc: LimnerError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _fastapi_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(from_validation_errors(exc.errors()))
+
+    @app.exception_handler(ValidationError)
+    async def _pydantic_validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return render(from_validation_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return envelope(
+                404, f"Invalid URL ({request.method} {request.url.path})", type="invalid_request_error"
+            )
+        if exc.status_code == 405:
+            return envelope(
+                405,
+                f"Method {request.method} is not allowed for {request.url.path}.",
+                type="invalid_request_error",
+                code="method_not_allowed",
+                headers=dict(exc.headers or {}),
+            )
+        return envelope(
+            exc.status_code, str(exc.detail), type="invalid_request_error", headers=dict(exc.headers or {})
+        )
+
+    @app.exception_handler(JobCancelled)
+    async def _cancelled(request: Request, exc: JobCancelled) -> JSONResponse:
+        # The client went away; nobody reads this (499: nginx's "client closed request").
+        return envelope(499, "The client closed the request.", type="invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return envelope(500, SERVER_ERROR_MESSAGE, type="server_error")

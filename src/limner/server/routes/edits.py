@@ -1,0 +1,122 @@
+"""POST /v1/images/edits: multipart (files) or JSON (image_url references, GPT image models)."""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from PIL import Image
+
+from limner import rules
+from limner.engines.jobs import EditJob
+from limner.errors import InvalidRequest, UnknownParameter
+from limner.server import service, uploads
+from limner.server.forms import read_form
+from limner.server.parsing import content_type, json_object, validate
+from limner.types import CreateImageEditRequest, EditImageJsonRequest, ImageRef
+
+router = APIRouter()
+
+FILE_FIELDS = ("image", "image[]", "mask")
+
+
+@router.post("/images/edits")
+async def create_image_edit(request: Request) -> Response:
+    kind = content_type(request)
+    if kind == "application/json":
+        return await _json_edit(request)
+    if kind != "multipart/form-data":
+        raise InvalidRequest(
+            f"Unsupported content type '{kind}' for this endpoint: send multipart/form-data (files) or "
+            "application/json (image_url references)."
+        )
+    settings = request.app.state.settings
+    form = await read_form(
+        request, max_file_bytes=settings.max_upload_bytes, max_files=rules.MAX_IMAGES_PER_EDIT + 1
+    )
+    try:
+        for name in form.files:
+            if name not in FILE_FIELDS:
+                raise UnknownParameter(name)
+        req = validate(CreateImageEditRequest, dict(form.fields))
+        profile = request.app.state.lookup.for_edit(req.model)
+        sources: list[BinaryIO] = [
+            u.file for u in form.files.get("image", []) + form.files.get("image[]", [])
+        ]
+        masks = form.files.get("mask", [])
+        if len(masks) > 1:
+            raise InvalidRequest("Only one mask may be sent.", param="mask")
+        return await _edit(request, req, profile, sources, masks[0].file if masks else None)
+    finally:
+        form.close()
+
+
+async def _edit(
+    request: Request,
+    req: CreateImageEditRequest | EditImageJsonRequest,
+    profile: rules.ModelProfile,
+    sources: list[Any],
+    mask_source: Any,
+) -> Response:
+    uploads.check_count(profile, len(sources))
+    rules.check_prompt(profile, req.prompt)  # cheap checks before any image is decoded
+    max_pixels = request.app.state.settings.max_input_pixels
+    images: list[Image.Image] = [
+        await uploads.decode(src, param="image", profile=profile, max_pixels=max_pixels) for src in sources
+    ]
+    mask = await uploads.edit_mask(profile, images, mask_source, max_pixels=max_pixels)
+    resolved = rules.resolve_edit(request.app.state.lookup, req, input_size=images[0].size)
+    work = service.prepare(
+        request,
+        resolved,
+        lambda fields: EditJob(
+            prompt=resolved.prompt, images=images, mask=mask, input_fidelity=resolved.input_fidelity, **fields
+        ),
+        input_sizes=[im.size for im in images],
+    )
+    if resolved.stream:
+        return service.stream_response(request, work, "image_edit")
+    return await service.run_to_body(request, work, request.app.state.store)
+
+
+async def _json_edit(request: Request) -> Response:
+    req = validate(EditImageJsonRequest, await json_object(request))
+    profile = request.app.state.lookup.for_edit(req.model)
+    if not profile.gpt_fields:
+        raise InvalidRequest(
+            f"The JSON body is for GPT image models; model '{profile.name}' edits take multipart/form-data.",
+            param="model",
+        )
+    if not req.images:
+        raise InvalidRequest("'images' must hold at least one image.", param="images")
+    uploads.check_count(profile, len(req.images))
+    sources = [await _fetch(request, ref, f"images[{i}]") for i, ref in enumerate(req.images)]
+    mask = await _fetch(request, req.mask, "mask") if req.mask is not None else None
+    return await _edit(request, req, profile, sources, mask)
+
+
+async def _fetch(request: Request, ref: ImageRef, param: str) -> bytes:
+    if ref.file_id is not None and ref.image_url is not None:
+        raise InvalidRequest(f"'{param}' must have exactly one of image_url or file_id.", param=param)
+    if ref.file_id is not None:
+        raise InvalidRequest(
+            "file_id references are not supported: this server has no Files API. Send the image as "
+            "image_url instead, either a data: URL (data:image/png;base64,...) or an http(s) URL.",
+            param="images" if param.startswith("images") else param,
+            code="unsupported_parameter",
+        )
+    if not ref.image_url:
+        raise InvalidRequest(f"'{param}' must have an image_url.", param=param)
+    from limner.server.fetch import (
+        fetch_image_url,  # only JSON edits fetch; keeps httpx2 off the start-up path
+    )
+
+    settings = request.app.state.settings
+    return await fetch_image_url(
+        ref.image_url,
+        param=param,
+        allow_private=settings.allow_private_image_urls,
+        timeout=settings.image_url_timeout,
+        max_bytes=settings.image_url_max_bytes,
+    )

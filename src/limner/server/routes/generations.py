@@ -1,0 +1,30 @@
+"""POST /v1/images/generations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from limner import rules
+from limner.engines.jobs import GenerateJob
+from limner.errors import InvalidRequest
+from limner.server import service
+from limner.server.parsing import content_type, json_object, validate
+from limner.types import CreateImageRequest
+
+router = APIRouter()
+
+
+@router.post("/images/generations")
+async def create_image(request: Request) -> Response:
+    if content_type(request) not in ("application/json", ""):
+        raise InvalidRequest(
+            f"Unsupported content type '{content_type(request)}' for this endpoint: send application/json."
+        )
+    req = validate(CreateImageRequest, await json_object(request))
+    state = request.app.state
+    resolved = rules.resolve_generation(state.lookup, req)
+    work = service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))
+    if resolved.stream:
+        return service.stream_response(request, work, "image_generation")
+    return await service.run_to_body(request, work, state.store)

@@ -1,0 +1,44 @@
+"""POST /v1/images/variations (multipart; dall-e-2 rules, and local models)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from limner import rules
+from limner.engines.jobs import VaryJob
+from limner.errors import InvalidRequest, UnknownParameter
+from limner.server import service, uploads
+from limner.server.forms import read_form
+from limner.server.parsing import content_type, validate
+from limner.types import CreateImageVariationRequest
+
+router = APIRouter()
+
+
+@router.post("/images/variations")
+async def create_image_variation(request: Request) -> Response:
+    if content_type(request) != "multipart/form-data":
+        raise InvalidRequest(
+            f"Unsupported content type '{content_type(request)}' for this endpoint: send multipart/form-data."
+        )
+    settings = request.app.state.settings
+    form = await read_form(request, max_file_bytes=settings.max_upload_bytes, max_files=2)
+    try:
+        for name in form.files:
+            if name != "image":
+                raise UnknownParameter(name)
+        req = validate(CreateImageVariationRequest, dict(form.fields))
+        profile = request.app.state.lookup.for_variation(req.model)
+        files = form.files.get("image", [])
+        if len(files) != 1:
+            uploads.check_count(profile, len(files))
+            raise InvalidRequest("Send exactly one image.", param="image")
+        resolved = rules.resolve_variation(request.app.state.lookup, req)
+        image = await uploads.decode(
+            files[0].file, param="image", profile=profile, max_pixels=settings.max_input_pixels
+        )
+    finally:
+        form.close()
+    work = service.prepare(request, resolved, lambda fields: VaryJob(image=image, **fields))
+    return await service.run_to_body(request, work, request.app.state.store)

@@ -1,0 +1,115 @@
+"""Server settings: CLI flags over a TOML config file over defaults.
+
+The config file (``limner serve --config limner.toml``)::
+
+    public_url = "https://images.example.com"   # links in url responses are built from this
+    url_ttl_seconds = 3600                       # how long url-mode images live
+    trusted_proxies = ["127.0.0.1"]             # X-Forwarded-Proto/Host honoured only from these
+    max_request_bytes = 104857600                # whole request body
+    max_upload_bytes = 52428800                  # one uploaded file
+    allow_private_image_urls = false             # JSON edits: fetch image_url from private addresses
+    image_url_timeout = 10.0
+    image_url_max_bytes = 20971520
+
+    [defaults]                                   # the default-model rule (contract section 10)
+    generation_model = "dall-e-2"
+    gpt_generation_model = "gpt-image-1.5"
+    edit_model = "gpt-image-1.5"
+    variation_model = "dall-e-2"
+
+    [models."dall-e-3"]                          # any name, OpenAI's included, can be remapped
+    engine = "diffusers"
+    source = "/models/sdxl-turbo"
+
+    [models.my-model]                            # a local name: GPT-image fields, both formats
+    engine = "sketch"
+    sizes = ["512x512", "768x768"]
+
+Out of the box every OpenAI model name is served by the built-in sketch engine.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from limner import rules
+
+
+class ModelConfig(BaseModel):
+    """One served model name: which engine draws it, and that engine's options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    engine: str = "sketch"
+    #: For local names: the sizes the model accepts ("WxH"); empty = any multiple of size_multiple.
+    sizes: list[str] = Field(default_factory=list)
+    size_multiple: int = 8
+    max_pixels: int = 1024 * 1024
+    default_size: str | None = None
+    #: Concurrency and queue in front of this model's engine.
+    concurrency: int | None = None
+    max_queue: int = 32
+
+    def engine_options(self) -> dict[str, Any]:
+        """The engine's own options: everything in the table except limner's keys."""
+        own = {"engine", "sizes", "size_multiple", "max_pixels", "default_size", "concurrency", "max_queue"}
+        return {k: v for k, v in self.model_dump().items() if k not in own}
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    generation_model: str = rules.DEFAULT_GENERATION_MODEL
+    gpt_generation_model: str = rules.DEFAULT_GPT_GENERATION_MODEL
+    edit_model: str = rules.DEFAULT_EDIT_MODEL
+    variation_model: str = rules.DEFAULT_VARIATION_MODEL
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("LIMNER_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "limner"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default_factory=default_data_dir)
+    public_url: str | None = None
+    url_ttl_seconds: int = 3600
+    sweep_interval_seconds: float = 60.0
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_request_bytes: int = 100 * 1024 * 1024
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096
+    allow_private_image_urls: bool = False
+    image_url_timeout: float = 10.0
+    image_url_max_bytes: int = 20 * 1024 * 1024
+    sketch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    defaults: Defaults = Field(default_factory=Defaults)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> Settings:
+        """Read the TOML file (if any), then apply the non-None overrides (CLI flags)."""
+        data: dict[str, Any] = {}
+        if config is not None:
+            with open(config, "rb") as f:
+                data = tomllib.load(f)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "models":
+                data.setdefault("models", {}).update(value)
+            else:
+                data[key] = value
+        return cls.model_validate(data)

@@ -1,0 +1,151 @@
+"""Keys, limits, links and their expiry, with `limner serve` started per test with its own options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from tests.support import schema
+from tests.support.server import start_server
+
+
+def limner(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "limner", *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_keys_lifecycle(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with start_server(data) as server:
+        open_client = openai.OpenAI(base_url=server.api_base, api_key="anything", max_retries=0)
+        assert open_client.images.generate(model="dall-e-2", prompt="x", size="256x256").data  # no key yet
+
+        key = limner("keys", "create", "--data-dir", str(data), "--name", "ci").strip().splitlines()[-1]
+        assert key.startswith("lim-")
+        # The database holds a hash, never the key.
+        assert key.encode() not in (data / "keys.sqlite3").read_bytes()
+
+        with pytest.raises(openai.AuthenticationError) as wrong:
+            open_client.images.generate(model="dall-e-2", prompt="x", size="256x256")
+        assert wrong.value.code == "invalid_api_key"
+        schema.validate_error(wrong.value.response.json())
+        missing = httpx2.post(server.api_base + "/images/generations", json={"prompt": "x"})
+        assert (
+            missing.status_code == 401 and "didn't provide an API key" in missing.json()["error"]["message"]
+        )
+        schema.validate_error(missing.json())
+
+        good = openai.OpenAI(base_url=server.api_base, api_key=key, max_retries=0)
+        assert good.images.generate(model="dall-e-2", prompt="x", size="256x256").data
+        assert httpx2.get(server.base_url + "/health").status_code == 200  # health needs no key
+
+        listing = limner("keys", "list", "--data-dir", str(data))
+        key_id = listing.split()[0]
+        assert "ci" in listing and key not in listing
+        limner("keys", "revoke", key_id, "--data-dir", str(data))
+        assert "revoked" in limner("keys", "list", "--data-dir", str(data))
+        # The only key is revoked: the server is open again, as with no key.
+        assert good.images.generate(model="dall-e-2", prompt="x", size="256x256").data
+
+
+def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    config = tmp_path / "limner.toml"
+    config.write_text("max_request_bytes = 2048\n")
+    with start_server(tmp_path / "data", "--config", str(config)) as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.images.generate(model="gpt-image-1", prompt="a" * 4000)
+        assert info.value.status_code == 413
+        schema.validate_error(info.value.response.json())
+        # Chunked (no Content-Length): refused while it is received.
+        chunks = (b"x" * 1024 for _ in range(8))
+        answer = httpx2.post(
+            server.api_base + "/images/generations",
+            content=chunks,
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 413
+        assert client.images.generate(
+            model="gpt-image-1", prompt="small", quality="low"
+        ).data  # still serving
+
+
+def test_public_url_and_forwarded_headers(tmp_path: Path) -> None:
+    with start_server(tmp_path / "a", "--public-url", "https://img.example.com/") as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        url = (client.images.generate(model="dall-e-2", prompt="x", size="256x256").data or [])[0].url or ""
+        assert url.startswith("https://img.example.com/files/")
+
+    forwarded = {"x-forwarded-proto": "https", "x-forwarded-host": "evil.example"}
+    with start_server(tmp_path / "b") as server:
+        answer = httpx2.post(
+            server.api_base + "/images/generations",
+            headers=forwarded,
+            json={"model": "dall-e-2", "prompt": "x", "size": "256x256"},
+        )
+        assert answer.json()["data"][0]["url"].startswith(server.base_url + "/files/")  # untrusted: ignored
+
+    config = tmp_path / "trusted.toml"
+    config.write_text('trusted_proxies = ["127.0.0.1"]\n')
+    with start_server(tmp_path / "c", "--config", str(config)) as server:
+        answer = httpx2.post(
+            server.api_base + "/images/generations",
+            headers=forwarded,
+            json={"model": "dall-e-2", "prompt": "x", "size": "256x256"},
+        )
+        assert answer.json()["data"][0]["url"].startswith("https://evil.example/files/")
+
+
+def test_links_expire_and_the_sweeper_deletes_files(tmp_path: Path) -> None:
+    config = tmp_path / "limner.toml"
+    config.write_text("url_ttl_seconds = 1\nsweep_interval_seconds = 0.3\n")
+    data = tmp_path / "data"
+    with start_server(data, "--config", str(config)) as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        url = (client.images.generate(model="dall-e-2", prompt="x", size="256x256").data or [])[0].url or ""
+        assert httpx2.get(url).status_code == 200
+        assert len(list((data / "images").iterdir())) == 1
+        time.sleep(2.5)
+        expired = httpx2.get(url)
+        assert expired.status_code == 410
+        schema.validate_error(expired.json())
+        assert list((data / "images").iterdir()) == []
+
+
+def test_model_flag_maps_a_name_to_an_engine(tmp_path: Path) -> None:
+    with start_server(tmp_path / "data", "--model", "house-style=sketch") as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        assert "house-style" in {m.id for m in client.models.list()}
+        result = client.images.generate(
+            model="house-style", prompt="x", size="512x512", response_format="url"
+        )
+        assert (result.data or [])[0].url
+
+
+def test_config_errors_stop_the_server_with_a_message(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[models.x]\nengine = "warp-drive"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "limner",
+            "serve",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "warp-drive" in done.stderr and "Traceback" not in done.stderr
