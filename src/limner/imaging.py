@@ -40,7 +40,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterable
-from typing import BinaryIO, Literal, get_args
+from typing import IO, Literal, get_args
 
 from PIL import ExifTags, Image, ImageOps
 
@@ -159,7 +159,7 @@ def _format_list(formats: Iterable[str]) -> str:
 
 
 def decode_image(
-    source: bytes | bytearray | memoryview | BinaryIO,
+    source: bytes | bytearray | memoryview | IO[bytes],
     *,
     param: str,
     allowed_formats: frozenset[str],
@@ -169,8 +169,9 @@ def decode_image(
 ) -> Image.Image:
     """Check and fully decode one uploaded image; return it in mode "RGB" or "RGBA".
 
-    ``source`` is the raw bytes or a binary file object, read from its current position (as Pillow
-    does); a seekable file is measured with seek/tell and never read whole into memory here. The
+    ``source`` is the raw bytes or a binary file object, read from its current position; a seekable
+    file at position 0 (an upload) is measured with seek/tell and handed to Pillow as it is, never
+    read whole into memory here. The
     result is "RGBA" whenever the source carries any transparency information (an alpha channel, LA,
     or palette/tRNS transparency), else "RGB". Animated images give their first frame. An EXIF
     orientation tag is applied (for any format that carries one, as browsers do), so width and
@@ -204,7 +205,8 @@ def decode_image(
     if fmt not in allowed_formats:
         raise InvalidImage(f"Invalid image file format for '{param}': got {fmt}. {supported}", param=param)
 
-    declared = _declared_size(fmt, head)
+    declared = _jpeg_declared_size(fp) if fmt == "jpeg" else _declared_size(fmt, head)
+    fp.seek(start)
     if declared is not None:
         _check_dimensions(declared, param=param, max_pixels=max_pixels)
 
@@ -218,8 +220,11 @@ def decode_image(
     except InvalidImage:
         raise
     except Image.DecompressionBombError as exc:
+        # Pillow's own, global limit fired inside Image.open (for a header this module does not
+        # parse itself) before the check above could run: the same refusal.
         raise InvalidImage(
-            f"The image for '{param}' declares too many pixels; the limit is {max_pixels} pixels.",
+            f"The image for '{param}' is too large: it declares more pixels than the limit of "
+            f"{max_pixels} pixels.",
             param=param,
         ) from exc
     except Exception as exc:
@@ -240,8 +245,8 @@ def decode_image(
 
 
 def _seekable_source(
-    source: bytes | bytearray | memoryview | BinaryIO, *, param: str, max_bytes: int | None
-) -> BinaryIO:
+    source: bytes | bytearray | memoryview | IO[bytes], *, param: str, max_bytes: int | None
+) -> IO[bytes]:
     """A seekable binary stream over the source, after refusing it if it holds over max_bytes."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -254,11 +259,27 @@ def _seekable_source(
         end = source.seek(0, io.SEEK_END)
         source.seek(start)
         _check_byte_size(end - start, param=param, max_bytes=max_bytes)
-        return source
+        if start == 0:
+            return source
+        # Pillow reads from offset 0 whatever the position; the rest is known to be within limits.
+        return io.BytesIO(source.read())
     # A pipe-like stream: read at most one byte past the limit, so an endless stream is cut off.
-    data = source.read(-1 if max_bytes is None else max_bytes + 1)
+    data = _read_up_to(source, None if max_bytes is None else max_bytes + 1)
     _check_byte_size(len(data), param=param, max_bytes=max_bytes)
     return io.BytesIO(data)
+
+
+def _read_up_to(source: IO[bytes], limit: int | None) -> bytes:
+    """Read until EOF or `limit` bytes; raw streams may return fewer bytes than asked per read."""
+    chunks: list[bytes] = []
+    total = 0
+    while limit is None or total < limit:
+        chunk = source.read(1 << 20 if limit is None else min(1 << 20, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _check_byte_size(size: int, *, param: str, max_bytes: int | None) -> None:
@@ -313,6 +334,46 @@ def _declared_size(fmt: str, head: bytes) -> tuple[int, int] | None:
             return _webp_canvas_size(head)
     except struct.error:
         return None  # too short to say; Image.open will refuse it
+    return None
+
+
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic...); not DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, with no length field.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _jpeg_declared_size(fp: IO[bytes], max_segments: int = 512) -> tuple[int, int] | None:
+    """Width and height from a JPEG's start-of-frame header, found by hopping over segments.
+
+    EXIF and ICC segments can push the frame header many kilobytes in, so this seeks from segment
+    to segment (reading 4 bytes each) instead of reading the file. None if no frame header is found
+    before the scan data; the image is then refused or checked when Pillow opens it.
+    """
+    fp.read(2)  # SOI
+    for _ in range(max_segments):
+        marker = fp.read(2)
+        while marker[:1] == b"\xff" and marker[1:2] == b"\xff":  # fill bytes before a marker
+            marker = marker[1:] + fp.read(1)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        if marker[1] in _JPEG_STANDALONE:
+            continue
+        if marker[1] == 0xDA:  # start of scan: pixel data follows, no frame header seen
+            return None
+        length_bytes = fp.read(2)
+        if len(length_bytes) < 2:
+            return None
+        length = struct.unpack(">H", length_bytes)[0]
+        if marker[1] in _JPEG_SOF:
+            frame = fp.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack_from(">HH", frame, 1)
+            return int(width), int(height)
+        if length < 2:
+            return None
+        fp.seek(length - 2, io.SEEK_CUR)
     return None
 
 
