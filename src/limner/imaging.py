@@ -171,11 +171,10 @@ def decode_image(
 
     ``source`` is the raw bytes or a binary file object, read from its current position; a seekable
     file at position 0 (an upload) is measured with seek/tell and handed to Pillow as it is, never
-    read whole into memory here. The
-    result is "RGBA" whenever the source carries any transparency information (an alpha channel, LA,
-    or palette/tRNS transparency), else "RGB". Animated images give their first frame. An EXIF
-    orientation tag is applied (for any format that carries one, as browsers do), so width and
-    height are the ones a viewer shows.
+    read whole into memory here. The result is "RGBA" whenever the source carries any transparency
+    information (an alpha channel, LA, or palette/tRNS transparency), else "RGB". Animated images
+    give their first frame. An EXIF orientation tag is applied (for any format that carries one, as
+    browsers do), so width and height are the ones a viewer shows.
 
     Raises :class:`InvalidImage` with ``param`` for: an empty file, data that is not an image, a
     format outside ``allowed_formats``, more than ``max_bytes`` bytes, more than ``max_pixels``
@@ -214,6 +213,11 @@ def decode_image(
         with Image.open(fp, formats=[_PIL_FORMAT[fmt]]) as opened:
             # Image.open parsed the header only: check what it declares before decoding pixels.
             _check_dimensions(opened.size, param=param, max_pixels=max_pixels)
+            if require_square and opened.width != opened.height:  # EXIF rotation keeps squareness
+                raise InvalidImage(
+                    f"The image for '{param}' must be square; it is {opened.width}x{opened.height}.",
+                    param=param,
+                )
             opened.load()  # first frame; raises on truncated or corrupt data
             image = _upright(opened)
             image = _to_rgb_or_rgba(image)
@@ -223,8 +227,8 @@ def decode_image(
         # Pillow's own, global limit fired inside Image.open (for a header this module does not
         # parse itself) before the check above could run: the same refusal.
         raise InvalidImage(
-            f"The image for '{param}' is too large: it declares more pixels than the limit of "
-            f"{max_pixels} pixels.",
+            f"The image for '{param}' is too large: it declares more pixels than this server "
+            f"decodes (the limit is at most {max_pixels} pixels).",
             param=param,
         ) from exc
     except Exception as exc:
@@ -237,10 +241,6 @@ def decode_image(
         ) from exc
 
     image.info = {}  # nothing of the upload's metadata travels further (EXIF, ICC, text chunks)
-    if require_square and image.width != image.height:
-        raise InvalidImage(
-            f"The image for '{param}' must be square; it is {image.width}x{image.height}.", param=param
-        )
     return image
 
 
