@@ -39,17 +39,12 @@ class Received:
         """(field name, filename, content type, payload) for each part of a multipart body."""
         head = f"Content-Type: {self.headers['content-type']}\r\n\r\n".encode()
         message = BytesParser(policy=HTTP).parsebytes(head + self.body)
-        parts = []
+        parts: list[tuple[str, str | None, str, bytes]] = []
         for part in message.iter_parts():
-            params = dict(part.get_params(header="content-disposition")[1:])
-            parts.append(
-                (
-                    params["name"],
-                    params.get("filename"),
-                    part.get_content_type(),
-                    part.get_payload(decode=True) or b"",
-                )
-            )
+            params = dict(part.get_params(header="content-disposition") or [])
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            parts.append((str(params["name"]), params.get("filename"), part.get_content_type(), payload))
         return parts
 
 

@@ -67,7 +67,7 @@ def test_tuples_with_and_without_an_explicit_type() -> None:
 def test_a_pil_image_is_sent_as_png() -> None:
     part = to_file_part("image", PILImage.new("RGBA", (4, 4)))
     assert part.content_type == "image/png"
-    assert PILImage.open(io.BytesIO(part.content)).size == (4, 4)  # type: ignore[arg-type]
+    assert PILImage.open(io.BytesIO(part.content)).size == (4, 4)
 
 
 def test_text_mode_files_and_unknown_objects_are_refused(tmp_path: Path) -> None:

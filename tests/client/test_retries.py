@@ -32,10 +32,9 @@ ERROR = (
 )
 
 
-def api(url: str, max_retries: int = 2, **config: object) -> ImagesApi:
-    return ImagesApi(
-        ApiClient(Configuration(host=url, access_token="sk-test", max_retries=max_retries, **config))
-    )  # type: ignore[arg-type]
+def api(url: str, max_retries: int = 2, timeout: float | None = 30.0) -> ImagesApi:
+    config = Configuration(host=url, access_token="sk-test", max_retries=max_retries, timeout=timeout)
+    return ImagesApi(ApiClient(config))
 
 
 def test_429_with_retry_after_seconds_is_waited_for_then_succeeds() -> None:
