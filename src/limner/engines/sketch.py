@@ -1,0 +1,210 @@
+"""sketch: limner's built-in procedural engine. A stand-in, not a learned model.
+
+sketch draws pictures from the words of a prompt with Pillow and NumPy: no weights, no network, no
+GPU. It exists for development, demos and the tests of apps that call the Images API: it is fast,
+free, offline and deterministic, and its pictures visibly follow the request, but it understands
+nothing. It is not a learned model, and what it draws is a sketch, not a rendering of the prompt.
+
+How a request steers it:
+
+* **Prompt.** Colour words (red, orange, yellow, green, blue, purple, violet, pink, brown, black,
+  white, gray/grey, cyan, teal, magenta, gold, silver, navy and more: `sketch_words.COLOURS`) choose
+  the palette, weighted by how often each is named. Shape words (circle, square, triangle, star, sun,
+  moon, tree, house, mountain, wave, heart, cloud, flower, ring, diamond, hexagon, stripe and their
+  synonyms: `sketch_words.SHAPES`) choose what is drawn. The SHA-256 of all the words seeds the
+  layout, so different prompts give different pictures; a prompt with no colour word gets a colour
+  scheme chosen by that digest, and then suns are yellow and trees green.
+* **negative_prompt.** Its colour and shape words are removed from the prompt's choices; shapes it
+  names are never drawn, and derived colour schemes keep away from the hues of colours it names.
+* **seed.** Image i of a job uses seed + i, so image i of seed s is image 0 of seed s + i. The same
+  (prompt, negative prompt, width, height, seed, detail, transparent, steps, guidance) gives the same
+  bytes on the same platform (NumPy's float rounding may differ between CPU architectures).
+* **detail** (from quality): low draws the named shapes on a smooth gradient; medium adds copies,
+  shading, small marks and two octaves of texture; high adds more copies, outlines and four octaves.
+* **num_inference_steps** is the number of detail iterations: each step adds small marks (dots,
+  sparkles, dashes), scaled by the detail level (default 20 steps).
+* **guidance_scale** is how strongly the prompt's colours dominate: at 0 their hues drift and colours
+  of the digest's scheme join as accents; at the default 7.5 and above the picture keeps to the
+  named colours.
+* **transparent**: RGBA with the background at alpha 0, shapes opaque, antialiased edges partial.
+* **Partial images** are the same picture rendered at 1/8, 1/4 and 1/2 of the size (for three;
+  fewer use the finer ones) and scaled back up: coarse to fine, each closer to the final.
+
+Edits and variations are described in `sketch_inputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from limner.engines.base import EngineInfo
+from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
+from limner.engines.sketch_inputs import Drawer, compose, edit_drawer, fit, vary_drawer
+from limner.engines.sketch_scene import LEVELS, plan_scene, render
+from limner.engines.sketch_words import read_prompt
+from limner.errors import InvalidRequest, InvalidValue
+
+AnyJob = GenerateJob | EditJob | VaryJob
+
+_INFO = EngineInfo(
+    name="sketch",
+    sizes=None,
+    size_multiple=1,
+    extra_reference_images=True,
+    extras={
+        "kind": "procedural",
+        "description": "Procedural stand-in for development, demos and tests; not a learned model.",
+    },
+)
+
+#: The smallest side a preview is rendered at, so that even tiny images get a recognisable preview.
+_MIN_PREVIEW_SIDE = 4
+
+
+def preview_sizes(width: int, height: int, count: int) -> list[tuple[int, int]]:
+    """Sizes of `count` previews, coarse to fine: 1/2**count ... 1/2 of (width, height)."""
+    out = []
+    for p in range(count):
+        f = 0.5 ** (count - p)
+        out.append((max(_MIN_PREVIEW_SIDE, round(width * f)), max(_MIN_PREVIEW_SIDE, round(height * f))))
+    return out
+
+
+class SketchEngine:
+    """The built-in procedural engine (see the module docstring). Stateless and thread-safe."""
+
+    @property
+    def info(self) -> EngineInfo:
+        return _INFO
+
+    def load(self) -> None:
+        """Nothing to load: sketch has no weights."""
+
+    @property
+    def loaded(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------------------------ operations
+
+    def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
+        self._check_job(job)
+        plan = read_prompt(job.prompt, job.negative_prompt)
+
+        def drawer(seed: int) -> Drawer:
+            scene = plan_scene(
+                plan,
+                seed,
+                aspect=job.width / job.height,
+                detail=job.detail,
+                steps=job.num_inference_steps,
+                guidance=job.guidance_scale,
+            )
+            return lambda w, h, check: render(scene, w, h, transparent=job.transparent, check=check).to_image(
+                job.transparent
+            )
+
+        return self._run(job, ctx, drawer)
+
+    def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]:
+        self._check_job(job)
+        if not job.images:
+            raise InvalidRequest("An edit needs at least one image.", param="image")
+        if job.mask is not None and job.mask.size != job.images[0].size:
+            raise InvalidValue(
+                f"The mask is {job.mask.width}x{job.mask.height} but the image is "
+                f"{job.images[0].width}x{job.images[0].height}; they must be the same size.",
+                param="mask",
+            )
+        if job.input_fidelity not in ("low", "high"):
+            raise InvalidValue("input_fidelity must be 'low' or 'high'.", param="input_fidelity")
+        size = (job.width, job.height)
+        # The edited image is resized to the output size first; the mask follows with NEAREST so that
+        # it stays a clean 0 / 255 map. Other inputs are only guides: they keep their own sizes.
+        images = [fit(job.images[0], *size, Image.Resampling.LANCZOS), *job.images[1:]]
+        mask = None if job.mask is None else fit(job.mask.convert("L"), *size, Image.Resampling.NEAREST)
+
+        def drawer(seed: int) -> Drawer:
+            return edit_drawer(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                images=images,
+                mask=mask,
+                width=job.width,
+                height=job.height,
+                seed=seed,
+                detail=job.detail,
+                transparent=job.transparent,
+                fidelity=job.input_fidelity,
+                steps=job.num_inference_steps,
+                guidance=job.guidance_scale,
+            )
+
+        finish = None
+        if mask is not None:
+            src = images[0]
+            kept = mask
+
+            def finish(preview: Image.Image) -> Image.Image:  # previews keep the unmasked pixels exactly
+                arr = preview.convert("RGBA" if job.transparent else "RGB")
+                return compose(src, np.asarray(arr), (0, 0), kept, job.transparent)
+
+        return self._run(job, ctx, drawer, finish)
+
+    def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
+        self._check_job(job)
+        if job.image is None:
+            raise InvalidRequest("A variation needs an image.", param="image")
+        image = fit(job.image, job.width, job.height, Image.Resampling.LANCZOS)
+
+        def drawer(seed: int) -> Drawer:
+            return vary_drawer(
+                image=image,
+                width=job.width,
+                height=job.height,
+                seed=seed,
+                detail=job.detail,
+                transparent=job.transparent,
+                steps=job.num_inference_steps,
+                guidance=job.guidance_scale,
+            )
+
+        return self._run(job, ctx, drawer)
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _check_job(self, job: AnyJob) -> None:
+        if job.width < 1 or job.height < 1:
+            raise InvalidValue(f"Invalid size {job.width}x{job.height}.", param="size")
+        if job.width * job.height > _INFO.max_pixels:
+            raise InvalidValue(
+                f"{job.width}x{job.height} is over the sketch engine's {_INFO.max_pixels} pixels.",
+                param="size",
+            )
+        if job.n < 1:
+            raise InvalidValue("n must be at least 1.", param="n")
+        if job.detail not in LEVELS:
+            raise InvalidValue(f"Unknown detail {job.detail!r}.", param="quality")
+
+    def _run(
+        self,
+        job: AnyJob,
+        ctx: JobContext,
+        make: Callable[[int], Drawer],
+        finish: Callable[[Image.Image], Image.Image] | None = None,
+    ) -> list[Image.Image]:
+        """Draws job.n images, image i with seed + i, with ctx.partial_images previews each."""
+        want = ctx.partial_images if ctx.on_partial is not None else 0
+        out: list[Image.Image] = []
+        for i in range(job.n):
+            ctx.check()
+            draw = make(job.seed + i)
+            for p, (pw, ph) in enumerate(preview_sizes(job.width, job.height, want)):
+                small = draw(pw, ph, ctx.check)
+                preview = small.resize((job.width, job.height), Image.Resampling.BILINEAR)
+                ctx.report_partial(i, p, finish(preview) if finish is not None else preview)
+            out.append(draw(job.width, job.height, ctx.check))
+        ctx.check()
+        return out

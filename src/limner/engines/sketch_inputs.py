@@ -1,0 +1,306 @@
+"""Edits and variations for the sketch engine: pictures drawn from input images.
+
+* A masked edit draws the prompt's scene into the mask's bounding box, over a blur of the input
+  mixed with the scene's own background (more of the input at input_fidelity "high"), with the other
+  inputs collaged in, and composes it through the mask: pixels where the mask is 0 are the input's,
+  bit for bit.
+* An edit without a mask keeps the input's low frequencies (its composition and palette) and some of
+  its fine detail, mixes in the scene's background, and draws the prompt's shapes on top.
+* A variation warps the input smoothly, turns its hues a little, re-weights its fine detail, adds
+  faint shapes in its own palette and restores its mean colour.
+
+Inputs keep their own alpha: sketch cannot tell a subject from its background, so an edit or a
+variation of an opaque picture stays opaque even when transparent=True (the redrawn area of a masked
+edit is the exception: its background is cleared there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from limner.engines.sketch_draw import F32, sd_box, smooth_noise, to_u8, upscale
+from limner.engines.sketch_palette import Palette, build_palette, image_colours
+from limner.engines.sketch_scene import Check, background, make_rng, plan_scene, render
+from limner.engines.sketch_words import PromptPlan, read_prompt
+
+#: Renders one image at a given (width, height).
+Drawer = Callable[[int, int, Check], Image.Image]
+
+#: For edits without a mask, per input_fidelity: how much of the input's low frequencies and of its fine
+#: detail is kept, and how opaque the prompt's shapes are drawn.
+FIDELITY = {"high": (0.8, 0.6, 0.75), "low": (0.5, 0.15, 1.0)}
+#: For masked edits: how much of the blurred input shows under the redrawn area.
+MASKED_FIDELITY = {"high": 0.55, "low": 0.25}
+#: Variations: how many faint shapes per detail level, and which.
+VARY_SHAPES = {"low": 2, "medium": 4, "high": 6}
+VARY_KINDS = ("circle", "square", "triangle", "ring", "blob", "diamond", "hexagon", "star")
+
+
+def as_array(img: Image.Image) -> F32:
+    """An image as straight RGBA float32 in 0..1 (opaque when it has no alpha)."""
+    return np.asarray(img.convert("RGBA"), np.float32) / np.float32(255.0)
+
+
+def fit(img: Image.Image, width: int, height: int, resample: Image.Resampling) -> Image.Image:
+    return img if img.size == (width, height) else img.resize((width, height), resample)
+
+
+def low_pass(img: Image.Image, width: int, height: int, cells: int = 16) -> F32:
+    """The image's low frequencies at (width, height): box-downscaled to about `cells` on its long side,
+    then bicubic back up. Straight RGBA float32."""
+    scale = cells / max(img.size)
+    small = img.convert("RGBA").resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX
+    )
+    return as_array(small.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def inputs_digest(images: list[Image.Image], salt: bytes = b"") -> bytes:
+    """A digest of the inputs' thumbnails, so that different inputs give different layouts."""
+    h = hashlib.sha256(salt)
+    for im in images:
+        h.update(im.convert("RGBA").resize((16, 16), Image.Resampling.BOX).tobytes())
+    return h.digest()
+
+
+def _collage(
+    rgb: F32, alpha: F32 | None, extras: list[Image.Image], rng: np.random.Generator, opacity: float
+) -> None:
+    """Blends each extra input into premultiplied `rgb` (h, w, 3) and `alpha` (None: opaque) in place,
+    as a feathered rectangle of random size and place."""
+    h, w = rgb.shape[:2]
+    unit = min(w, h)
+    for im in extras:
+        side = float(rng.uniform(0.35, 0.55)) * unit
+        aspect = im.width / max(1, im.height)
+        rw = max(1, min(w, round(side * math.sqrt(aspect))))
+        rh = max(1, min(h, round(side / math.sqrt(aspect))))
+        x0 = int(rng.uniform(0, 1) * (w - rw + 1))
+        y0 = int(rng.uniform(0, 1) * (h - rh + 1))
+        pic = as_array(im.resize((rw, rh), Image.Resampling.BILINEAR))
+        xs = np.arange(rw, dtype=np.float32)[None, :] + np.float32(0.5 - rw / 2)
+        ys = np.arange(rh, dtype=np.float32)[:, None] + np.float32(0.5 - rh / 2)
+        feather = max(1.0, 0.12 * min(rw, rh))
+        inside = np.clip(-sd_box(xs, ys, rw / 2, rh / 2, feather) / np.float32(feather), 0.0, 1.0)
+        f = inside * pic[..., 3] * np.float32(opacity)
+        region = rgb[y0 : y0 + rh, x0 : x0 + rw]
+        region *= 1.0 - f[..., None]
+        region += pic[..., :3] * f[..., None]
+        if alpha is not None:
+            a = alpha[y0 : y0 + rh, x0 : x0 + rw]
+            a *= 1.0 - f
+            a += f
+
+
+def _input_palette(
+    plan: PromptPlan, images: list[Image.Image], guidance: float | None, rng: np.random.Generator
+) -> Palette | None:
+    if plan.colours:
+        return None  # the prompt's own colours win
+    return build_palette(image_colours(images), plan.avoid_colours, guidance, rng, from_inputs=True)
+
+
+def edit_drawer(
+    *,
+    prompt: str,
+    negative_prompt: str | None,
+    images: list[Image.Image],
+    mask: Image.Image | None,
+    width: int,
+    height: int,
+    seed: int,
+    detail: str,
+    transparent: bool,
+    fidelity: str,
+    steps: int | None,
+    guidance: float | None,
+) -> Drawer:
+    """A drawer for one edited image. `images` and `mask` are already at (width, height)."""
+    plan = read_prompt(prompt, negative_prompt)
+    digest = inputs_digest(images, plan.digest)
+    rng = make_rng(seed, digest)
+    palette = _input_palette(plan, images, guidance, rng)
+    base = images[0]
+    extras = images[1:]
+
+    if mask is None:
+        keep_low, keep_detail, shape_opacity = FIDELITY[fidelity]
+        scene = plan_scene(
+            plan,
+            seed,
+            aspect=width / height,
+            detail=detail,
+            steps=steps,
+            guidance=guidance,
+            palette=palette,
+            digest=digest,
+        )
+
+        def draw_whole(w: int, h: int, check: Check) -> Image.Image:
+            src = fit(base, w, h, Image.Resampling.BILINEAR)
+            full = as_array(src)
+            low = low_pass(src, w, h)
+            rgb = low[..., :3] * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
+            rgb += (full[..., :3] - low[..., :3]) * np.float32(keep_detail)
+            rgb = np.clip(rgb, 0.0, 1.0)
+            alpha = full[..., 3].copy() if transparent else None
+            if alpha is not None:
+                rgb *= alpha[..., None]
+            check()
+            _collage(rgb, alpha, extras, make_rng(seed, digest[::-1]), 0.5 if fidelity == "low" else 0.35)
+            canvas = render(
+                scene,
+                w,
+                h,
+                transparent=transparent,
+                check=check,
+                underlay=(rgb, alpha),
+                shape_opacity=shape_opacity,
+            )
+            return canvas.to_image(transparent)
+
+        return draw_whole
+
+    mask_img = mask
+    m_full = np.asarray(mask_img, np.uint8)
+    rows = np.flatnonzero(m_full.any(axis=1))
+    cols = np.flatnonzero(m_full.any(axis=0))
+    if rows.size == 0:  # nothing to redraw
+        return lambda w, h, check: fit(base, w, h, Image.Resampling.BILINEAR).convert(
+            "RGBA" if transparent else "RGB"
+        )
+    # The mask's box in fractions, so that previews place the drawing where the final puts it.
+    box = (cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height)
+    box_aspect = (cols[-1] + 1 - cols[0]) / (rows[-1] + 1 - rows[0])
+    scene = plan_scene(
+        plan,
+        seed,
+        aspect=box_aspect,
+        detail=detail,
+        steps=steps,
+        guidance=guidance,
+        palette=palette,
+        digest=digest,
+    )
+    under_weight = MASKED_FIDELITY[fidelity]
+
+    def draw_masked(w: int, h: int, check: Check) -> Image.Image:
+        src = fit(base, w, h, Image.Resampling.BILINEAR)
+        m = fit(mask_img, w, h, Image.Resampling.NEAREST)
+        x0, y0 = min(w - 1, math.floor(box[0] * w)), min(h - 1, math.floor(box[1] * h))
+        x1, y1 = max(x0 + 1, math.ceil(box[2] * w)), max(y0 + 1, math.ceil(box[3] * h))
+        rw, rh = x1 - x0, y1 - y0
+        alpha: F32 | None
+        if transparent:  # the redrawn area's background is cleared; collaged inputs stay opaque
+            rgb = np.zeros((rh, rw, 3), np.float32)
+            alpha = np.zeros((rh, rw), np.float32)
+        else:
+            low = low_pass(src, w, h)[y0:y1, x0:x1, :3]
+            rgb = low * np.float32(under_weight) + background(scene, rw, rh) * np.float32(1 - under_weight)
+            alpha = None
+        _collage(rgb, alpha, extras, make_rng(seed, digest[::-1]), 1.0 if transparent else 0.6)
+        check()
+        canvas = render(scene, rw, rh, transparent=transparent, check=check, underlay=(rgb, alpha))
+        drawn = np.asarray(canvas.to_image(transparent).convert("RGBA" if transparent else "RGB"))
+        return compose(src, drawn, (x0, y0), m, transparent)
+
+    return draw_masked
+
+
+def compose(
+    src: Image.Image, drawn: np.ndarray, at: tuple[int, int], mask: Image.Image, transparent: bool
+) -> Image.Image:
+    """`drawn` (the redrawn box) placed at `at` on `src` through `mask`; where the mask is 0 the
+    result is `src`'s pixels exactly."""
+    mode = "RGBA" if transparent else "RGB"
+    out = np.array(src.convert(mode))
+    m = np.asarray(mask, np.uint8)
+    x0, y0 = at
+    rh, rw = drawn.shape[:2]
+    region = out[y0 : y0 + rh, x0 : x0 + rw]
+    mr = m[y0 : y0 + rh, x0 : x0 + rw]
+    weight = (mr.astype(np.float32) / np.float32(255.0))[..., None]
+    blended = to_u8((region.astype(np.float32) * (1.0 - weight) + drawn.astype(np.float32) * weight) / 255.0)
+    region[...] = np.where(mr[..., None] == 0, region, blended)
+    return Image.fromarray(out, mode)
+
+
+def vary_drawer(
+    *,
+    image: Image.Image,
+    width: int,
+    height: int,
+    seed: int,
+    detail: str,
+    transparent: bool,
+    steps: int | None,
+    guidance: float | None,
+) -> Drawer:
+    """A drawer for one variation of `image` (already at (width, height))."""
+    digest = inputs_digest([image], b"vary")
+    rng = make_rng(seed, digest)
+    palette = build_palette(image_colours([image]), (), guidance, rng, from_inputs=True)
+    scene = plan_scene(
+        read_prompt(""),
+        seed,
+        aspect=width / height,
+        detail=detail,
+        steps=steps,
+        guidance=guidance,
+        palette=palette,
+        digest=digest,
+        shape_scale=0.55,
+    )
+    # The warp: a 6 x 6 mesh whose inner vertices move by up to 7 % of a cell.
+    cells = 6
+    jitter = rng.uniform(-0.07, 0.07, size=(cells + 1, cells + 1, 2)) / cells
+    jitter[0, :, 1] = jitter[-1, :, 1] = 0.0  # edge vertices slide along their edge only
+    jitter[:, 0, 0] = jitter[:, -1, 0] = 0.0
+    hue_turn = float(rng.uniform(5.0, 14.0)) * (1 if rng.random() < 0.5 else -1)
+    saturation = float(rng.uniform(0.9, 1.12))
+    detail_gain = float(rng.uniform(0.5, 0.9))
+    grain = smooth_noise(rng, 48, 48)
+    grain_amp = {"low": 0.0, "medium": 0.03, "high": 0.05}[detail]
+    mean_in = as_array(image.resize((64, 64), Image.Resampling.BOX))
+
+    def draw(w: int, h: int, check: Check) -> Image.Image:
+        src = fit(image, w, h, Image.Resampling.BILINEAR).convert("RGBA")
+        mesh = []
+        for j in range(cells):
+            for i in range(cells):
+                box = (w * i // cells, h * j // cells, w * (i + 1) // cells, h * (j + 1) // cells)
+                quad: list[float] = []
+                for vj, vi in ((j, i), (j + 1, i), (j + 1, i + 1), (j, i + 1)):
+                    quad += [(vi / cells + jitter[vj, vi, 0]) * w, (vj / cells + jitter[vj, vi, 1]) * h]
+                mesh.append((box, tuple(quad)))
+        warped = src.transform((w, h), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR)
+        hsv = np.array(warped.convert("RGB").convert("HSV"))
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(hue_turn / 360 * 256)) % 256
+        hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * saturation, 0, 255).astype(np.uint8)
+        turned = Image.fromarray(hsv, "HSV").convert("RGB")
+        check()
+        full = as_array(turned)[..., :3]
+        low = low_pass(turned, w, h)[..., :3]
+        rgb = low + (full - low) * np.float32(detail_gain)
+        if grain_amp:
+            rgb *= 1.0 + upscale(grain, w, h) * np.float32(grain_amp)
+        rgb = np.clip(rgb, 0.0, 1.0)
+        alpha = as_array(warped)[..., 3] if transparent else None
+        if alpha is not None:
+            rgb *= alpha[..., None]
+        canvas = render(
+            scene, w, h, transparent=transparent, check=check, underlay=(rgb, alpha), shape_opacity=0.4
+        )
+        out = canvas.to_image(transparent)
+        arr = np.asarray(out, np.float32) / 255.0
+        # Restore the input's mean colour, which the hue turn and the shapes moved.
+        shift = mean_in[..., :3].mean(axis=(0, 1)) - arr[..., :3].mean(axis=(0, 1))
+        arr[..., :3] = arr[..., :3] + shift
+        return Image.fromarray(to_u8(arr), out.mode)
+
+    return draw
