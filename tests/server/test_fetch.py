@@ -334,10 +334,10 @@ def test_data_url_over_cap(url: str) -> None:
 
 
 def test_data_url_cap_is_checked_before_decoding() -> None:
-    # 40 MB of '*' would be refused as bad base64 if it were decoded; the size check comes first.
-    url = "data:image/png;base64," + "*" * (40 * 1024 * 1024)
+    # 8 MB of '*' would be refused as bad base64 if it were decoded; the size check comes first.
+    url = "data:image/png;base64," + "*" * (8 * 1024 * 1024)
     with pytest.raises(InvalidRequest) as exc:
-        decode_data_url(url, param=PARAM, max_bytes=20 * 1024 * 1024)
+        decode_data_url(url, param=PARAM, max_bytes=4 * 1024 * 1024)
     assert "larger than" in refused(exc)
 
 
@@ -518,7 +518,7 @@ async def test_timeout(origin: Origin, route: str) -> None:
         await fetch(f"{origin.base}{route}", allow_private=True, timeout=0.5)
     elapsed = time.monotonic() - started
     assert "could not fetch image_url" in refused(exc)
-    assert 0.4 < elapsed < 2.0, elapsed
+    assert 0.4 < elapsed < 3.0, elapsed  # the server would hold on for 5 s
 
 
 @pytest.mark.asyncio
