@@ -44,10 +44,7 @@ ImageEditStreamEvent = Annotated[
     ImageEditPartialImageEvent | ImageEditCompletedEvent, Field(discriminator="type")
 ]
 ImageStreamEvent = Annotated[
-    ImageGenPartialImageEvent
-    | ImageGenCompletedEvent
-    | ImageEditPartialImageEvent
-    | ImageEditCompletedEvent,
+    ImageGenPartialImageEvent | ImageGenCompletedEvent | ImageEditPartialImageEvent | ImageEditCompletedEvent,
     Field(discriminator="type"),
 ]
 
