@@ -1,0 +1,59 @@
+"""Fixtures for the diffusers engine tests: tiny random pipelines saved once per session.
+
+The pipelines are built in code (tests/support/tiny_pipeline.py), saved with `save_pretrained` into a
+temporary folder and loaded back through the engine's real loading code, never downloaded. Tests that
+need them are skipped, with the reason, when torch or diffusers cannot be imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Steps per quality for the tiny engines: enough for previews and strengths to differ, still fast.
+TINY_STEPS = {"low": 2, "medium": 4, "high": 6}
+
+
+def _require_diffusers() -> None:
+    for name in ("torch", "diffusers", "transformers", "tokenizers"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            pytest.skip(
+                f"{name} is not importable ({exc}); install the extra: pip install 'limner[diffusers]'"
+            )
+
+
+@pytest.fixture(scope="session")
+def tiny_text2image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny text-to-image pipeline (4-channel UNet) saved with save_pretrained."""
+    _require_diffusers()
+    from tests.support.tiny_pipeline import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny inpainting checkpoint (9-channel UNet) saved with save_pretrained."""
+    _require_diffusers()
+    from tests.support.tiny_pipeline import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-inpaint") / "pipeline", inpaint=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_text2image_dir: Path) -> Iterator[Any]:
+    """One loaded engine on the tiny text-to-image folder, shared by the tests that only run jobs."""
+    from limner.engines.diffusers import create_engine
+
+    engine = create_engine("tiny", {"source": str(tiny_text2image_dir), "device": "cpu", "steps": TINY_STEPS})
+    engine.load()
+    yield engine
