@@ -477,7 +477,7 @@ def _common(
         quality=quality,
         detail=detail,  # type: ignore[arg-type]
         background=background,
-        output_format=output_format,
+        output_format=output_format,  # type: ignore[arg-type]  # a Literal in every request model
         output_compression=compression,
         response_format=response_format or profile.default_response_format,
         stream=stream,

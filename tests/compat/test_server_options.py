@@ -149,3 +149,34 @@ def test_config_errors_stop_the_server_with_a_message(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "warp-drive" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    config = tmp_path / "limner.toml"
+    config.write_text(
+        '[models.slow]\nengine = "sketch"\nconcurrency = 1\nmax_queue = 0\nmax_pixels = 16777216\n'
+    )
+    with start_server(tmp_path / "data", "--config", str(config)) as server:
+        body = {"model": "slow", "prompt": "a detailed city", "size": "2048x2048", "quality": "high", "n": 4}
+        with httpx2.Client(timeout=60) as http:
+            import threading
+
+            first: dict[str, int] = {}
+            worker = threading.Thread(
+                target=lambda: first.update(
+                    status=http.post(server.api_base + "/images/generations", json=body).status_code
+                )
+            )
+            worker.start()
+            deadline = time.monotonic() + 10
+            while httpx2.get(server.base_url + "/health").json()["queues"].get("sketch", 0) == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            busy = http.post(server.api_base + "/images/generations", json={**body, "n": 1})
+            assert busy.status_code == 429
+            assert busy.json()["error"]["code"] == "rate_limit_exceeded"
+            assert int(busy.headers["retry-after"]) >= 1
+            schema.validate_error(busy.json())
+            assert httpx2.get(server.base_url + "/health").status_code == 200  # health answers meanwhile
+            worker.join()
+            assert first["status"] == 200

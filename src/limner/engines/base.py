@@ -46,6 +46,10 @@ class Engine(Protocol):
     @property
     def loaded(self) -> bool: ...
 
+    # Optional: `def check(self, job) -> None` raising limner.errors.InvalidRequest for a job the
+    # engine cannot do (a size the model cannot make). The server calls it before queueing the job,
+    # so such a request is a plain 400, never a failure in the middle of a stream.
+
     def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]: ...
 
     def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]: ...

@@ -202,7 +202,8 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
                 _ctx, partials, fut = current
                 while True:
                     getter = asyncio.ensure_future(partials.get())
-                    await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
+                    waiting: set[asyncio.Future[Any]] = {getter, fut}
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if not getter.done():
                         getter.cancel()
                         if partials.empty():
@@ -275,4 +276,10 @@ def prepare(
     state = request.app.state
     served, engine = state.registry.engine_for(resolved.profile.name)
     queue = state.scheduler.queue(served.engine_key, served.concurrency, served.max_queue)
-    return Work(resolved, engine, queue, make_job(job_fields(resolved)), input_sizes or [])
+    job = make_job(job_fields(resolved))
+    check = getattr(engine, "check", None)
+    if check is not None:
+        # Engines may refuse a job up front (a size the model cannot make): a plain 400 then, rather
+        # than a failure after a stream has started.
+        check(job)
+    return Work(resolved, engine, queue, job, input_sizes or [])
