@@ -55,12 +55,12 @@ class AsyncApiClient(BaseApiClient):
         while True:
             request = self._build(self._http, call, await self._token(), retries_taken)
             try:
-                response = await self._http.send(request, stream=True)
-                try:
-                    if not (call.stream and response.is_success):
+                # Only a successful stream stays open; everything else is read whole and closed.
+                response = await self._http.send(request, stream=call.stream)
+                if call.stream and not response.is_success:
+                    try:
                         await response.aread()
-                finally:
-                    if not (call.stream and response.is_success):
+                    finally:
                         await response.aclose()
             except httpx2.TransportError as exc:
                 delay = self._delay_after_error(call, retries_taken)

@@ -57,12 +57,12 @@ class ApiClient(BaseApiClient):
         while True:
             request = self._build(self._http, call, self._token(), retries_taken)
             try:
-                response = self._http.send(request, stream=True)
-                try:
-                    if not (call.stream and response.is_success):
+                # Only a successful stream stays open; everything else is read whole and closed.
+                response = self._http.send(request, stream=call.stream)
+                if call.stream and not response.is_success:
+                    try:
                         response.read()
-                finally:
-                    if not (call.stream and response.is_success):
+                    finally:
                         response.close()
             except httpx2.TransportError as exc:
                 delay = self._delay_after_error(call, retries_taken)

@@ -1,0 +1,165 @@
+"""limner.client against the official `openai` package, on the same real `limner serve`, in one run.
+
+    .venv/bin/python -m bench.bench_client [--requests 60] [--rounds 3]
+
+Measures, for small images (dall-e-2, 256x256, b64_json):
+  * requests/s at concurrency 1 and 8: sync clients driven by threads, async clients by asyncio;
+  * the client process's CPU time per request (the server runs in another process, so this is the
+    client's own cost, which the server's speed does not hide);
+and peak traced memory (tracemalloc) while receiving one response with ten 1024x1024 images.
+Each figure is the best of --rounds, the two clients measured alternately; ratios are limner / openai
+(above 1 is better for throughput, below 1 is better for CPU and memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from limner.client import ApiClient, AsyncApiClient, AsyncImagesApi, Configuration, ImagesApi
+from tests.support.server import start_server
+
+SMALL: dict[str, Any] = {
+    "prompt": "a small red circle",
+    "model": "dall-e-2",
+    "size": "256x256",
+    "response_format": "b64_json",
+}
+LARGE: dict[str, Any] = {
+    "prompt": "ten big pictures",
+    "model": "dall-e-2",
+    "size": "1024x1024",
+    "response_format": "b64_json",
+    "n": 10,
+}
+
+
+def run_threads(call: Callable[[], Any], requests: int, concurrency: int) -> tuple[float, float]:
+    """(requests per second, client CPU ms per request)."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    if concurrency == 1:
+        for _ in range(requests):
+            call()
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda _: call(), range(requests)))
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    return requests / wall, 1000 * cpu / requests
+
+
+def peak_memory(call: Callable[[], Any]) -> tuple[float, int]:
+    """Peak traced MiB while one call runs and its result is alive; and the images received."""
+    call()  # warm: imports, connection, lazy tables
+    gc.collect()
+    tracemalloc.start()
+    result = call()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    count = len(result.data)
+    del result
+    return peak / 2**20, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "data") as server:
+        base = server.api_base
+        limner_sync = ImagesApi(ApiClient(Configuration(host=base, access_token="unused")))
+        openai_sync = openai.OpenAI(base_url=base, api_key="unused")
+
+        sync_calls: dict[str, Callable[[], Any]] = {
+            "limner": lambda: limner_sync.create_image(**SMALL),
+            "openai": lambda: openai_sync.images.generate(**SMALL),
+        }
+        results: dict[tuple[str, str, int], tuple[float, float]] = {}
+
+        def record(key: tuple[str, str, int], figures: tuple[float, float]) -> None:
+            best = results.get(key)
+            if best is None or figures[0] > best[0]:
+                results[key] = figures
+
+        for call in sync_calls.values():
+            call()  # warm up each client once
+        for _ in range(args.rounds):
+            for concurrency in (1, 8):
+                for name, call in sync_calls.items():
+                    record(("sync", name, concurrency), run_threads(call, args.requests, concurrency))
+                for name in ("limner", "openai"):
+                    record(("async", name, concurrency), async_round(name, base, args.requests, concurrency))
+
+        print(
+            f"limner.client vs openai {openai.__version__}; server: limner serve (sketch engine), "
+            f"{args.requests} requests x best of {args.rounds}"
+        )
+        print("small images (dall-e-2 256x256 b64_json):")
+        print(
+            f"  {'mode':6} {'conc':>4} {'limner req/s':>13} {'openai req/s':>13} {'ratio':>6}"
+            f"  {'limner CPU ms/req':>17} {'openai CPU ms/req':>17} {'ratio':>6}"
+        )
+        for mode in ("sync", "async"):
+            for concurrency in (1, 8):
+                (lr, lc), (orr, oc) = (
+                    results[(mode, "limner", concurrency)],
+                    results[(mode, "openai", concurrency)],
+                )
+                print(
+                    f"  {mode:6} {concurrency:>4} {lr:>13.1f} {orr:>13.1f} {lr / orr:>6.2f}"
+                    f"  {lc:>17.2f} {oc:>17.2f} {lc / oc:>6.2f}"
+                )
+
+        limner_mem, n1 = peak_memory(lambda: limner_sync.create_image(**LARGE))
+        openai_mem, n2 = peak_memory(lambda: openai_sync.images.generate(**LARGE))
+        assert n1 == n2 == 10
+        print("one response with ten 1024x1024 images (b64_json):")
+        print(
+            f"  peak traced memory: limner {limner_mem:.1f} MiB, openai {openai_mem:.1f} MiB, "
+            f"ratio {limner_mem / openai_mem:.2f}"
+        )
+        limner_sync.api_client.close()
+        openai_sync.close()
+
+
+def async_round(name: str, base: str, requests: int, concurrency: int) -> tuple[float, float]:
+    """One timed async run with a fresh client (async clients belong to one event loop)."""
+
+    async def make_and_run() -> tuple[float, float]:
+        if name == "limner":
+            async with AsyncApiClient(Configuration(host=base, access_token="unused")) as client:
+                api = AsyncImagesApi(client)
+                return await timed_async(lambda: api.create_image(**SMALL), requests, concurrency)
+        async with openai.AsyncOpenAI(base_url=base, api_key="unused") as oa:
+            return await timed_async(lambda: oa.images.generate(**SMALL), requests, concurrency)
+
+    return asyncio.run(make_and_run())
+
+
+async def timed_async(call: Callable[[], Any], requests: int, concurrency: int) -> tuple[float, float]:
+    await call()  # warm the connection
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with semaphore:
+            await call()
+
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one() for _ in range(requests)))
+    wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
+    return requests / wall, 1000 * cpu / requests
+
+
+if __name__ == "__main__":
+    main()
