@@ -73,6 +73,14 @@ def preview_sizes(width: int, height: int, count: int) -> list[tuple[int, int]]:
     return out
 
 
+def _normalise(img: Image.Image) -> Image.Image:
+    """RGB or RGBA (when the input has any transparency), so that resizing and compositing are exact."""
+    if img.mode in ("RGB", "RGBA"):
+        return img
+    has_alpha = img.mode in ("LA", "PA", "La", "RGBa") or "transparency" in img.info
+    return img.convert("RGBA" if has_alpha else "RGB")
+
+
 class SketchEngine:
     """The built-in procedural engine (see the module docstring). Stateless and thread-safe."""
 
@@ -123,7 +131,10 @@ class SketchEngine:
         size = (job.width, job.height)
         # The edited image is resized to the output size first; the mask follows with NEAREST so that
         # it stays a clean 0 / 255 map. Other inputs are only guides: they keep their own sizes.
-        images = [fit(job.images[0], *size, Image.Resampling.LANCZOS), *job.images[1:]]
+        images = [
+            fit(_normalise(job.images[0]), *size, Image.Resampling.LANCZOS),
+            *map(_normalise, job.images[1:]),
+        ]
         mask = None if job.mask is None else fit(job.mask.convert("L"), *size, Image.Resampling.NEAREST)
 
         def drawer(seed: int) -> Drawer:
@@ -157,7 +168,7 @@ class SketchEngine:
         self._check_job(job)
         if job.image is None:
             raise InvalidRequest("A variation needs an image.", param="image")
-        image = fit(job.image, job.width, job.height, Image.Resampling.LANCZOS)
+        image = fit(_normalise(job.image), job.width, job.height, Image.Resampling.LANCZOS)
 
         def drawer(seed: int) -> Drawer:
             return vary_drawer(

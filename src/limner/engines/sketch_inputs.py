@@ -32,8 +32,10 @@ from limner.engines.sketch_words import PromptPlan, read_prompt
 Drawer = Callable[[int, int, Check], Image.Image]
 
 #: For edits without a mask, per input_fidelity: how much of the input's low frequencies and of its fine
-#: detail is kept, and how opaque the prompt's shapes are drawn.
-FIDELITY = {"high": (0.8, 0.6, 0.75), "low": (0.5, 0.15, 1.0)}
+#: detail is kept under the shapes, how opaque the shapes are drawn, and how far the result's own low
+#: frequencies are then pulled back to the input's (which keeps the input's composition whatever the
+#: shapes covered, while the shapes' edges stay).
+FIDELITY = {"high": (0.8, 0.6, 0.8, 0.75), "low": (0.55, 0.15, 1.0, 0.5)}
 #: For masked edits: how much of the blurred input shows under the redrawn area.
 MASKED_FIDELITY = {"high": 0.55, "low": 0.25}
 #: Variations: how many faint shapes per detail level, and which.
@@ -52,12 +54,12 @@ def fit(img: Image.Image, width: int, height: int, resample: Image.Resampling) -
 
 def low_pass(img: Image.Image, width: int, height: int, cells: int = 16) -> F32:
     """The image's low frequencies at (width, height): box-downscaled to about `cells` on its long side,
-    then bicubic back up. Straight RGBA float32."""
+    then bilinear back up. Straight RGBA float32."""
     scale = cells / max(img.size)
     small = img.convert("RGBA").resize(
         (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX
     )
-    return as_array(small.resize((width, height), Image.Resampling.BICUBIC))
+    return as_array(small.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def inputs_digest(images: list[Image.Image], salt: bytes = b"") -> bytes:
@@ -129,7 +131,7 @@ def edit_drawer(
     extras = images[1:]
 
     if mask is None:
-        keep_low, keep_detail, shape_opacity = FIDELITY[fidelity]
+        keep_low, keep_detail, shape_opacity, pull = FIDELITY[fidelity]
         scene = plan_scene(
             plan,
             seed,
@@ -162,7 +164,10 @@ def edit_drawer(
                 underlay=(rgb, alpha),
                 shape_opacity=shape_opacity,
             )
-            return canvas.to_image(transparent)
+            drawn = canvas.to_image(transparent)
+            out = as_array(drawn)
+            out[..., :3] += (low[..., :3] - low_pass(drawn, w, h)[..., :3]) * np.float32(pull)
+            return Image.fromarray(to_u8(out if transparent else out[..., :3]), drawn.mode)
 
         return draw_whole
 

@@ -1,8 +1,9 @@
 """How the sketch engine reads a prompt: colour words, shape words, and a digest of every word.
 
 A prompt is lower-cased and split into words. Colour words (``COLOURS``) pick the palette, shape words
-(``SHAPES``) pick what is drawn, and the digest of all the words seeds the layout, so that any two
-different prompts give different pictures even when neither names a colour or a shape. Words of the
+(``SHAPES``) pick what is drawn, and the digest of the whole text (case and spacing aside) seeds the
+layout, so that any two different prompts give different pictures even when neither names a colour
+or a shape. Words of the
 negative prompt are removed from the colour and shape choices, and the colours they name are kept out
 of palettes that are derived from the digest.
 """
@@ -129,7 +130,7 @@ class PromptPlan:
     avoid_colours: tuple[RGB, ...]
     #: Shapes named by the negative prompt: never drawn, not even as the digest's own choice.
     avoid_shapes: frozenset[str]
-    #: SHA-256 of the prompt's words and the negative prompt's words: seeds the composition.
+    #: SHA-256 of the prompt and the negative prompt (lower-cased, spacing normalised): seeds the layout.
     digest: bytes
 
 
@@ -149,9 +150,10 @@ def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
         if shape and SHAPES[shape] not in neg_shapes:
             shape_counts[SHAPES[shape]] += 1
 
-    # Word order is kept in the digest ("red circle" and "circle red" are different prompts); the
-    # separator keeps the negative prompt's words from running into the prompt's.
-    text = " ".join(words) + "\x00" + " ".join(negative)
+    # The digest takes the whole text, lower-cased with its spacing normalised: word order, digits and
+    # punctuation all count ("room 1" and "room 2" are different prompts). The separator keeps the
+    # negative prompt from running into the prompt.
+    text = " ".join(prompt.lower().split()) + "\x00" + " ".join((negative_prompt or "").lower().split())
     return PromptPlan(
         colours=tuple((COLOURS[c], n) for c, n in colour_counts.items()),
         shapes=tuple(shape_counts.items()),

@@ -1,0 +1,485 @@
+"""The sketch engine: determinism, prompt steering, sizes, detail, alpha, edits, variations, partials.
+
+Pictures are measured, not compared with stored files: colour fractions, edge energy, correlations of
+downscaled images, exact pixel equality where the contract demands it. Sizes are small to stay fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from limner.engines.base import Engine
+from limner.engines.jobs import Detail, EditJob, GenerateJob, JobContext, VaryJob
+from limner.engines.sketch import SketchEngine, preview_sizes
+from limner.engines.sketch_scene import plan_scene
+from limner.engines.sketch_words import read_prompt
+from limner.errors import InvalidRequest, JobCancelled
+
+ENGINE = SketchEngine()
+W, H = 128, 96
+
+
+def generate(prompt: str, **kw: object) -> list[Image.Image]:
+    args: dict[str, object] = {"width": W, "height": H, "prompt": prompt}
+    args.update(kw)
+    return ENGINE.generate(GenerateJob(**args), JobContext())  # type: ignore[arg-type]
+
+
+def arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, np.float32)
+
+
+def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(arr(a) - arr(b)).mean())
+
+
+def dominant_fraction(img: Image.Image, channel: int, margin: float = 30.0) -> float:
+    """Fraction of pixels whose `channel` exceeds both other channels by `margin`."""
+    rgb = arr(img.convert("RGB"))
+    others = np.delete(rgb, channel, axis=2).max(axis=2)
+    return float((rgb[..., channel] > others + margin).mean())
+
+
+def edge_energy(img: Image.Image) -> float:
+    g = arr(img.convert("L"))
+    return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean())
+
+
+def small_grey(img: Image.Image, side: int = 12) -> np.ndarray:
+    return arr(img.convert("RGB").resize((side, side), Image.Resampling.BOX).convert("L")).ravel()
+
+
+def correlation(a: Image.Image, b: Image.Image) -> float:
+    return float(np.corrcoef(small_grey(a), small_grey(b))[0, 1])
+
+
+def photo(
+    w: int = 160,
+    h: int = 120,
+    left: tuple[int, int, int] = (30, 110, 210),
+    right: tuple[int, int, int] = (240, 200, 60),
+) -> Image.Image:
+    """A test input with structure at every scale: a horizontal gradient, a disc and a box."""
+    t = np.linspace(0.0, 1.0, w)[None, :, None]
+    grad = np.asarray(left) * (1 - t) + np.asarray(right) * t
+    im = Image.fromarray(np.repeat(grad, h, axis=0).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(im)
+    d.ellipse((w * 0.1, h * 0.15, w * 0.45, h * 0.65), fill=(200, 30, 40))
+    d.rectangle((w * 0.55, h * 0.5, w * 0.9, h * 0.92), fill=(20, 150, 60))
+    return im
+
+
+def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    m = Image.new("L", size, 0)
+    ImageDraw.Draw(m).rectangle(box, fill=255)
+    return m
+
+
+# -------------------------------------------------------------------------------------------- protocol
+
+
+def test_engine_protocol_and_info() -> None:
+    assert isinstance(ENGINE, Engine)
+    info = ENGINE.info
+    assert (info.name, info.sizes, info.size_multiple) == ("sketch", None, 1)
+    assert info.operations == frozenset({"generate", "edit", "vary"})
+    ENGINE.load()
+    assert ENGINE.loaded is True
+
+
+# ------------------------------------------------------------------------------------------- generate
+
+
+@pytest.mark.parametrize(
+    ("prompt", "detail", "transparent"),
+    [
+        ("a red sun over the sea", "low", False),
+        ("house tree flower mountain", "medium", True),
+        ("hello world", "high", False),
+        ("", "medium", False),
+    ],
+)
+def test_same_inputs_give_identical_bytes(prompt: str, detail: str, transparent: bool) -> None:
+    a = generate(prompt, seed=7, detail=detail, transparent=transparent)[0]
+    b = generate(prompt, seed=7, detail=detail, transparent=transparent)[0]
+    assert a.mode == b.mode and a.tobytes() == b.tobytes()
+    c = generate(prompt, seed=8, detail=detail, transparent=transparent)[0]
+    assert a.tobytes() != c.tobytes()  # and the seed matters
+
+
+def test_image_i_uses_seed_plus_i() -> None:
+    batch = generate("blue stars over hills", seed=40, n=3)
+    for i, img in enumerate(batch):
+        alone = generate("blue stars over hills", seed=40 + i, n=1)[0]
+        assert img.tobytes() == alone.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("a cat on a mat", "a dog on a log"),
+        ("quiet morning", "quiet evening"),
+        ("red circle", "circle red"),
+        ("a red circle", "a red circle, oil painting"),
+    ],
+)
+def test_different_prompts_give_different_pictures(a: str, b: str) -> None:
+    for seed in (0, 1):
+        assert mean_abs_diff(generate(a, seed=seed)[0], generate(b, seed=seed)[0]) > 5.0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "channel"),
+    [
+        ("red red red", 0),
+        ("green green green", 1),
+        ("blue blue blue", 2),
+        ("a red house", 0),
+        ("blue ocean waves", 2),
+    ],
+)
+@pytest.mark.parametrize("detail", ["low", "medium", "high"])
+def test_colour_words_dominate_the_picture(prompt: str, channel: int, detail: str) -> None:
+    fractions = [dominant_fraction(generate(prompt, seed=s, detail=detail)[0], channel) for s in range(3)]
+    assert min(fractions) > 0.6, fractions
+
+
+def test_prompt_without_colour_words_gets_varied_palettes() -> None:
+    means = [arr(generate(f"an idea number {k}", detail="low")[0]).mean(axis=(0, 1)) for k in range(6)]
+    spread = np.ptp(np.stack(means), axis=0)
+    assert spread.max() > 40.0  # the digest picks the colours: different prompts, different palettes
+
+
+@pytest.mark.parametrize(
+    ("word", "kind"),
+    [
+        ("circle", "circle"),
+        ("square", "square"),
+        ("triangle", "triangle"),
+        ("star", "star"),
+        ("sun", "sun"),
+        ("moon", "moon"),
+        ("tree", "tree"),
+        ("trees", "tree"),
+        ("house", "house"),
+        ("mountains", "mountain"),
+        ("wave", "wave"),
+        ("heart", "heart"),
+        ("clouds", "cloud"),
+        ("flower", "flower"),
+        ("boxes", "square"),
+    ],
+)
+def test_shape_words_choose_what_is_drawn(word: str, kind: str) -> None:
+    plan = read_prompt(f"a {word} today")
+    assert kind in dict(plan.shapes)
+    scene = plan_scene(plan, 0, aspect=1.0, detail="low")
+    assert kind in {item.kind for item in scene.items}
+    assert mean_abs_diff(generate(f"green {word}")[0], generate("green")[0]) > 3.0
+
+
+def _fill_ratio(img: Image.Image) -> float:
+    """Opaque pixels over the area of their bounding box: about pi/4 for a disc, far less for a star."""
+    a = np.asarray(img)[..., 3] > 127
+    ys, xs = np.nonzero(a)
+    return float(a.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)))
+
+
+def test_shape_words_change_the_silhouette() -> None:
+    size = {"width": 160, "height": 160}
+    for seed in range(4):
+        disc = generate("circle", seed=seed, detail="low", transparent=True, **size)[0]
+        star = generate("star", seed=seed, detail="low", transparent=True, **size)[0]
+        assert 0.72 < _fill_ratio(disc) < 0.84
+        assert _fill_ratio(star) < 0.55
+
+
+def test_negative_prompt_removes_colours_and_shapes() -> None:
+    for seed in range(3):
+        no_red = generate("red and blue", negative_prompt="red", seed=seed)[0]
+        no_blue = generate("red and blue", negative_prompt="blue", seed=seed)[0]
+        assert dominant_fraction(no_red, 2) > 0.6 and dominant_fraction(no_red, 0) < 0.05
+        assert dominant_fraction(no_blue, 0) > 0.6 and dominant_fraction(no_blue, 2) < 0.05
+    plan = read_prompt("stars and circles", negative_prompt="a star")
+    assert dict(plan.shapes) == {"circle": 1}
+    scene = plan_scene(
+        read_prompt("nothing named", negative_prompt="circle square"), 3, aspect=1.0, detail="high"
+    )
+    assert not {"circle", "square"} & {item.kind for item in scene.items}
+
+
+def test_guidance_sets_how_strongly_the_named_colours_dominate() -> None:
+    weak = [
+        dominant_fraction(generate("red red red", seed=s, detail="high", guidance_scale=0.0)[0], 0)
+        for s in range(4)
+    ]
+    strong = [
+        dominant_fraction(generate("red red red", seed=s, detail="high", guidance_scale=20.0)[0], 0)
+        for s in range(4)
+    ]
+    assert sum(strong) > sum(weak) + 0.1
+
+
+@pytest.mark.parametrize("size", [(64, 64), (200, 100), (100, 200), (37, 91), (1, 1), (333, 20)])
+def test_exact_sizes(size: tuple[int, int]) -> None:
+    for transparent in (False, True):
+        img = generate("a tree by a house", width=size[0], height=size[1], transparent=transparent)[0]
+        assert img.size == size
+        assert img.mode == ("RGBA" if transparent else "RGB")
+
+
+@pytest.mark.parametrize("size", [(240, 120), (120, 240)])
+def test_orientation_width_is_x(size: tuple[int, int]) -> None:
+    # A landscape has a horizontal horizon: brightness changes down the picture more than across it.
+    for seed in range(3):
+        g = arr(generate("mountains", width=size[0], height=size[1], seed=seed, detail="low")[0].convert("L"))
+        assert g.mean(axis=1).std() > g.mean(axis=0).std()
+
+
+def test_n_images_all_different() -> None:
+    images = generate("clouds", n=4, seed=3)
+    assert len(images) == 4
+    for a, b in itertools.combinations(images, 2):
+        assert a.tobytes() != b.tobytes()
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a red sun over the sea", "hello world", "green tree house", "purple star"]
+)
+def test_higher_detail_has_more_edges(prompt: str) -> None:
+    energy = {
+        d: np.mean(
+            [edge_energy(generate(prompt, seed=s, detail=d, width=160, height=160)[0]) for s in range(3)]
+        )
+        for d in ("low", "medium", "high")
+    }
+    assert energy["low"] < energy["medium"] < energy["high"], energy
+
+
+def test_more_steps_add_detail() -> None:
+    few = [edge_energy(generate("blue", seed=s, detail="high", num_inference_steps=1)[0]) for s in range(3)]
+    many = [
+        edge_energy(generate("blue", seed=s, detail="high", num_inference_steps=120)[0]) for s in range(3)
+    ]
+    assert sum(many) > sum(few) * 1.1
+
+
+def test_transparent_background_has_real_alpha() -> None:
+    img = generate("a red heart", transparent=True, detail="medium")[0]
+    alpha = np.asarray(img)[..., 3]
+    assert img.mode == "RGBA"
+    assert (alpha == 0).mean() > 0.2  # the background
+    assert (alpha == 255).any()  # the shapes
+    assert ((alpha > 0) & (alpha < 255)).any()  # antialiased edges
+    opaque = generate("a red heart", transparent=False, detail="medium")[0]
+    assert opaque.mode == "RGB"
+
+
+# ----------------------------------------------------------------------------------------------- edit
+
+
+def edit(prompt: str, images: list[Image.Image], mask: Image.Image | None, **kw: object) -> list[Image.Image]:
+    size = images[0].size
+    args: dict[str, object] = {
+        "width": size[0],
+        "height": size[1],
+        "prompt": prompt,
+        "images": images,
+        "mask": mask,
+    }
+    args.update(kw)
+    return ENGINE.edit(EditJob(**args), JobContext())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+@pytest.mark.parametrize("fidelity", ["low", "high"])
+def test_masked_edit_keeps_unmasked_pixels_exactly(transparent: bool, fidelity: str) -> None:
+    src = photo()
+    mask = box_mask(src.size, (60, 20, 150, 100))
+    out = edit("a yellow star", [src], mask, seed=2, transparent=transparent, input_fidelity=fidelity)[0]
+    assert out.size == src.size and out.mode == ("RGBA" if transparent else "RGB")
+    keep = np.asarray(mask) == 0
+    expected = np.asarray(src.convert(out.mode))
+    got = np.asarray(out)
+    assert np.array_equal(got[keep], expected[keep])
+    changed = np.abs(got[~keep].astype(int) - expected[~keep].astype(int)).mean()
+    assert changed > 10
+
+
+def test_masked_edit_draws_the_prompt_in_the_mask() -> None:
+    src = Image.new("RGB", (120, 120), (20, 20, 200))
+    mask = box_mask(src.size, (30, 30, 90, 90))
+    out = edit("red red red", [src], mask, seed=1, input_fidelity="low")[0]
+    inside = out.crop((30, 30, 91, 91))
+    assert dominant_fraction(inside, 0) > 0.5
+
+
+def test_masked_edit_resizes_input_and_mask_to_the_output_size() -> None:
+    src = photo(200, 150)
+    mask = box_mask(src.size, (100, 0, 199, 149))  # the right half
+    out = edit("a moon", [src], mask, width=100, height=75)[0]
+    assert out.size == (100, 75)
+    small_src = np.asarray(src.resize((100, 75), Image.Resampling.LANCZOS))
+    small_mask = np.asarray(mask.resize((100, 75), Image.Resampling.NEAREST))
+    keep = small_mask == 0
+    assert np.array_equal(np.asarray(out)[keep], small_src[keep])
+
+
+@pytest.mark.parametrize("prompt", ["a yellow star", "red red red", "hello", "a cloud over a house"])
+def test_edit_without_mask_is_guided_by_the_input(prompt: str) -> None:
+    src = photo()
+    for seed in (4, 5):
+        low = edit(prompt, [src], None, seed=seed, input_fidelity="low")[0]
+        high = edit(prompt, [src], None, seed=seed, input_fidelity="high")[0]
+        for out, min_corr in ((low, 0.5), (high, 0.85)):
+            assert mean_abs_diff(out, src) > 5.0  # redrawn...
+            assert correlation(out, src) > min_corr  # ...yet the input's composition shows through
+        assert mean_abs_diff(high, src) < mean_abs_diff(low, src)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_edit_uses_the_other_input_images(masked: bool) -> None:
+    src = photo()
+    mask = box_mask(src.size, (40, 10, 150, 110)) if masked else None
+    a = edit("a flower", [src, photo(left=(250, 250, 250), right=(120, 0, 160))], mask, seed=5)[0]
+    b = edit("a flower", [src, photo(left=(0, 0, 0), right=(255, 140, 0))], mask, seed=5)[0]
+    assert mean_abs_diff(a, b) > 1.0
+
+
+# ----------------------------------------------------------------------------------------------- vary
+
+
+@pytest.mark.parametrize("detail", ["low", "medium", "high"])
+def test_variations_keep_composition_and_palette_yet_differ(detail: Detail) -> None:
+    src = photo()
+    outs = ENGINE.vary(VaryJob(width=160, height=120, n=3, seed=9, detail=detail, image=src), JobContext())
+    assert len(outs) == 3
+    src_mean = arr(src).mean(axis=(0, 1))
+    for out in outs:
+        assert out.size == src.size and out.mode == "RGB"
+        assert correlation(out, src) > 0.8
+        assert np.abs(arr(out).mean(axis=(0, 1)) - src_mean).max() < 8.0
+        assert mean_abs_diff(out, src) > 4.0
+    for a, b in itertools.combinations(outs, 2):
+        assert mean_abs_diff(a, b) > 3.0
+
+
+def test_variation_honours_size_and_transparency() -> None:
+    src = photo().convert("RGBA")
+    src.putalpha(Image.new("L", src.size, 255).point(lambda v: v))
+    out = ENGINE.vary(VaryJob(width=90, height=140, image=src, transparent=True), JobContext())[0]
+    assert out.size == (90, 140) and out.mode == "RGBA"
+
+
+# ------------------------------------------------------------------------------------------- partials
+
+
+def _collect(k: int) -> tuple[JobContext, list[tuple[int, int, Image.Image]]]:
+    seen: list[tuple[int, int, Image.Image]] = []
+    ctx = JobContext(partial_images=k, on_partial=lambda i, p, img: seen.append((i, p, img)))
+    return ctx, seen
+
+
+def _run(op: str, ctx: JobContext, n: int) -> list[Image.Image]:
+    src = photo()
+    if op == "generate":
+        return ENGINE.generate(
+            GenerateJob(width=160, height=120, n=n, prompt="sun over the sea", seed=1), ctx
+        )
+    if op == "edit":
+        return ENGINE.edit(
+            EditJob(
+                width=160,
+                height=120,
+                n=n,
+                prompt="a star",
+                images=[src],
+                mask=box_mask(src.size, (50, 10, 150, 110)),
+                seed=1,
+            ),
+            ctx,
+        )
+    return ENGINE.vary(VaryJob(width=160, height=120, n=n, image=src, seed=1), ctx)
+
+
+@pytest.mark.parametrize("op", ["generate", "edit", "vary"])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_partials_come_in_order_coarse_to_fine(op: str, k: int) -> None:
+    ctx, seen = _collect(k)
+    finals = _run(op, ctx, n=2)
+    assert [(i, p) for i, p, _ in seen] == [(i, p) for i in range(2) for p in range(k)]
+    for i, final in enumerate(finals):
+        previews = [img for j, _, img in seen if j == i]
+        assert all(p.size == final.size and p.mode == final.mode for p in previews)
+        distances = [mean_abs_diff(p, final) for p in previews]
+        assert all(a > b for a, b in itertools.pairwise(distances)), distances
+        assert distances[-1] > 0.0
+    # Partials do not change the finals.
+    assert [f.tobytes() for f in finals] == [f.tobytes() for f in _run(op, JobContext(), n=2)]
+
+
+def test_masked_edit_previews_keep_unmasked_pixels() -> None:
+    ctx, seen = _collect(3)
+    _run("edit", ctx, n=1)
+    src = np.asarray(photo())
+    keep = np.asarray(box_mask((160, 120), (50, 10, 150, 110))) == 0
+    for _, _, img in seen:
+        assert np.array_equal(np.asarray(img)[keep], src[keep])
+
+
+def test_preview_sizes_grow() -> None:
+    assert preview_sizes(1024, 512, 3) == [(128, 64), (256, 128), (512, 256)]
+    assert preview_sizes(1024, 1024, 1) == [(512, 512)]
+    assert preview_sizes(8, 8, 3) == [(4, 4), (4, 4), (4, 4)]
+
+
+# --------------------------------------------------------------------------------------- cancellation
+
+
+@pytest.mark.parametrize("op", ["generate", "edit", "vary"])
+def test_cancelled_job_raises(op: str) -> None:
+    ctx = JobContext()
+    ctx.cancel()
+    with pytest.raises(JobCancelled):
+        _run(op, ctx, n=1)
+
+
+@pytest.mark.parametrize("op", ["generate", "edit", "vary"])
+def test_cancel_during_partials_stops_the_work(op: str) -> None:
+    seen: list[tuple[int, int]] = []
+    cancel = threading.Event()
+
+    def on_partial(i: int, p: int, img: Image.Image) -> None:
+        seen.append((i, p))
+        cancel.set()  # the client leaves after the first preview
+
+    ctx = JobContext(partial_images=3, on_partial=on_partial, cancel_event=cancel)
+    with pytest.raises(JobCancelled):
+        _run(op, ctx, n=2)
+    assert seen == [(0, 0)]
+
+
+# ------------------------------------------------------------------------------------------- failures
+
+
+def test_inputs_it_cannot_honour_are_refused() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        ENGINE.edit(EditJob(width=32, height=32, prompt="x", images=[]), JobContext())
+    assert err.value.param == "image"
+    with pytest.raises(InvalidRequest) as err:
+        ENGINE.edit(
+            EditJob(width=32, height=32, prompt="x", images=[photo()], mask=Image.new("L", (5, 5))),
+            JobContext(),
+        )
+    assert err.value.param == "mask"
+    with pytest.raises(InvalidRequest) as err:
+        ENGINE.vary(VaryJob(width=32, height=32, image=None), JobContext())
+    assert err.value.param == "image"
+    with pytest.raises(InvalidRequest) as err:
+        ENGINE.generate(GenerateJob(width=0, height=32, prompt="x"), JobContext())
+    assert err.value.param == "size"
