@@ -66,7 +66,7 @@ def test_tuples_with_and_without_an_explicit_type() -> None:
 
 def test_a_pil_image_is_sent_as_png() -> None:
     part = to_file_part("image", PILImage.new("RGBA", (4, 4)))
-    assert part.content_type == "image/png"
+    assert part.content_type == "image/png" and isinstance(part.content, bytes)
     assert PILImage.open(io.BytesIO(part.content)).size == (4, 4)
 
 

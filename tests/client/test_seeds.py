@@ -25,6 +25,7 @@ from limner.client import (
     ImageGenCompletedEvent,
     ImagesApi,
     ImagesResponse,
+    Stream,
     UnauthorizedException,
     image_bytes,
 )
@@ -135,7 +136,9 @@ def test_julia_streaming_channel(images: ImagesApi) -> None:
     request = CreateImageRequest(
         prompt="an otter", model="gpt-image-1", size="1024x1024", quality="low", stream=True, partial_images=2
     )
-    stream = images.create_image(request)
+    # stream=True inside the request model: typed as ImagesResponse by the overloads, a Stream at run time
+    stream: Any = images.create_image(request)
+    assert isinstance(stream, Stream)
 
     def produce() -> None:
         for event in stream:
