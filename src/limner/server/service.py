@@ -82,6 +82,15 @@ def _encode_all(resolved: rules.Resolved, images: list[Image.Image]) -> list[byt
     ]
 
 
+@dataclass
+class _StreamJob:
+    """One image's job in a stream: its context, its previews (None marks the end), its result."""
+
+    ctx: JobContext
+    events: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
+    future: asyncio.Future[list[bytes]] = field(init=False)
+
+
 class _Disconnected(Exception):
     pass
 
@@ -176,60 +185,41 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
     loop = asyncio.get_running_loop()
     per_image_usage = replace(resolved, n=1)
 
-    def start(index: int) -> tuple[JobContext, asyncio.Queue[tuple[int, bytes]], asyncio.Future[list[bytes]]]:
-        events: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    def start(index: int) -> _StreamJob:
+        running = _StreamJob(JobContext(partial_images=resolved.partial_images))
 
         def on_partial(_image: int, partial_index: int, preview: Image.Image) -> None:
-            data = imaging.encode_image(
-                preview, output_format=resolved.output_format, compression=resolved.output_compression
-            )
-            loop.call_soon_threadsafe(events.put_nowait, (partial_index, data))
+            data = imaging.encode_preview(preview, output_format=resolved.output_format)
+            loop.call_soon_threadsafe(running.events.put_nowait, (partial_index, data))
 
-        ctx = JobContext(partial_images=resolved.partial_images, on_partial=on_partial)
+        running.ctx.on_partial = on_partial
         job = replace(work.job, n=1, seed=work.job.seed + index)
-        fut = work.queue.submit(lambda: _encode_all(resolved, _draw(work.engine, job, ctx)), ctx)
-        return ctx, events, fut
+        running.future = work.queue.submit(
+            lambda: _encode_all(resolved, _draw(work.engine, job, running.ctx)), running.ctx
+        )
+        # The job's end is queued behind its previews (both reach the loop in order), so one queue
+        # read gives everything in order and nothing is left pending if the client leaves.
+        running.future.add_done_callback(lambda _: running.events.put_nowait(None))
+        return running
 
     first = start(0)
 
+    def partial_event(partial_index: int, data: bytes) -> bytes:
+        payload = {
+            "type": f"{kind}.partial_image",
+            **_event_base(resolved, data),
+            "partial_image_index": partial_index,
+        }
+        return sse(f"{kind}.partial_image", payload)
+
     async def events() -> AsyncIterator[bytes]:
-        current: tuple[JobContext, asyncio.Queue[tuple[int, bytes]], asyncio.Future[list[bytes]]] | None
-        current = first
+        current: _StreamJob | None = first
         try:
             for index in range(resolved.n):
-                if current is None:
-                    current = start(index)
-                _ctx, partials, fut = current
-                while True:
-                    getter = asyncio.ensure_future(partials.get())
-                    waiting: set[asyncio.Future[Any]] = {getter, fut}
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        getter.cancel()
-                        if partials.empty():
-                            break
-                        continue
-                    partial_index, data = getter.result()
-                    yield sse(
-                        f"{kind}.partial_image",
-                        {
-                            "type": f"{kind}.partial_image",
-                            **_event_base(resolved, data),
-                            "partial_image_index": partial_index,
-                        },
-                    )
-                # Previews queued just before the job finished still go out, in order.
-                while not partials.empty():
-                    partial_index, data = partials.get_nowait()
-                    yield sse(
-                        f"{kind}.partial_image",
-                        {
-                            "type": f"{kind}.partial_image",
-                            **_event_base(resolved, data),
-                            "partial_image_index": partial_index,
-                        },
-                    )
-                (final,) = fut.result()
+                current = current or start(index)
+                while (item := await current.events.get()) is not None:
+                    yield partial_event(*item)
+                (final,) = current.future.result()
                 usage = rules.usage_for(per_image_usage, input_sizes=work.input_sizes)
                 usage.pop("output_tokens_details", None)
                 yield sse(
@@ -239,8 +229,6 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
                 current = None
         except LimnerError as exc:
             yield sse("error", exc.to_dict())
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
         except Exception:
             log.exception("stream failed")
             yield sse(
@@ -256,8 +244,8 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
             )
         finally:
             if current is not None:  # the client left (or a failure): stop the engine
-                current[0].cancel()
-                current[2].cancel()
+                current.ctx.cancel()
+                current.future.cancel()
 
     return StreamingResponse(
         events(),
