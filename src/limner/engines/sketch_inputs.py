@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from limner.engines.sketch_draw import F32, sd_box, smooth_noise, to_u8, upscale
+from limner.engines.sketch_draw import F32, planar, sd_box, smooth_noise, to_image, to_u8, upscale
 from limner.engines.sketch_palette import Palette, build_palette, image_colours
 from limner.engines.sketch_scene import Check, background, make_rng, plan_scene, render
 from limner.engines.sketch_words import PromptPlan, read_prompt
@@ -44,8 +44,8 @@ VARY_KINDS = ("circle", "square", "triangle", "ring", "blob", "diamond", "hexago
 
 
 def as_array(img: Image.Image) -> F32:
-    """An image as straight RGBA float32 in 0..1 (opaque when it has no alpha)."""
-    return np.asarray(img.convert("RGBA"), np.float32) / np.float32(255.0)
+    """An image as planar straight RGBA float32 in 0..1, (4, h, w) (opaque when it has no alpha)."""
+    return planar(img.convert("RGBA"))
 
 
 def fit(img: Image.Image, width: int, height: int, resample: Image.Resampling) -> Image.Image:
@@ -54,7 +54,7 @@ def fit(img: Image.Image, width: int, height: int, resample: Image.Resampling) -
 
 def low_pass(img: Image.Image, width: int, height: int, cells: int = 16) -> F32:
     """The image's low frequencies at (width, height): box-downscaled to about `cells` on its long side,
-    then bilinear back up. Straight RGBA float32."""
+    then bilinear back up. Planar straight RGBA float32 (4, h, w)."""
     scale = cells / max(img.size)
     small = img.convert("RGBA").resize(
         (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX
@@ -73,9 +73,9 @@ def inputs_digest(images: list[Image.Image], salt: bytes = b"") -> bytes:
 def _collage(
     rgb: F32, alpha: F32 | None, extras: list[Image.Image], rng: np.random.Generator, opacity: float
 ) -> None:
-    """Blends each extra input into premultiplied `rgb` (h, w, 3) and `alpha` (None: opaque) in place,
-    as a feathered rectangle of random size and place."""
-    h, w = rgb.shape[:2]
+    """Blends each extra input into premultiplied planar `rgb` (3, h, w) and `alpha` (None: opaque) in
+    place, as a feathered rectangle of random size and place."""
+    h, w = rgb.shape[1:]
     unit = min(w, h)
     for im in extras:
         side = float(rng.uniform(0.35, 0.55)) * unit
@@ -89,10 +89,10 @@ def _collage(
         ys = np.arange(rh, dtype=np.float32)[:, None] + np.float32(0.5 - rh / 2)
         feather = max(1.0, 0.12 * min(rw, rh))
         inside = np.clip(-sd_box(xs, ys, rw / 2, rh / 2, feather) / np.float32(feather), 0.0, 1.0)
-        f = inside * pic[..., 3] * np.float32(opacity)
-        region = rgb[y0 : y0 + rh, x0 : x0 + rw]
-        region *= 1.0 - f[..., None]
-        region += pic[..., :3] * f[..., None]
+        f = inside * pic[3] * np.float32(opacity)
+        region = rgb[:, y0 : y0 + rh, x0 : x0 + rw]
+        region *= 1.0 - f
+        region += pic[:3] * f
         if alpha is not None:
             a = alpha[y0 : y0 + rh, x0 : x0 + rw]
             a *= 1.0 - f
@@ -147,12 +147,12 @@ def edit_drawer(
             src = fit(base, w, h, Image.Resampling.BILINEAR)
             full = as_array(src)
             low = low_pass(src, w, h)
-            rgb = low[..., :3] * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
-            rgb += (full[..., :3] - low[..., :3]) * np.float32(keep_detail)
-            rgb = np.clip(rgb, 0.0, 1.0)
-            alpha = full[..., 3].copy() if transparent else None
+            rgb = low[:3] * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
+            rgb += (full[:3] - low[:3]) * np.float32(keep_detail)
+            np.clip(rgb, 0.0, 1.0, out=rgb)
+            alpha = full[3].copy() if transparent else None
             if alpha is not None:
-                rgb *= alpha[..., None]
+                rgb *= alpha
             check()
             _collage(rgb, alpha, extras, make_rng(seed, digest[::-1]), 0.5 if fidelity == "low" else 0.35)
             canvas = render(
@@ -166,8 +166,8 @@ def edit_drawer(
             )
             drawn = canvas.to_image(transparent)
             out = as_array(drawn)
-            out[..., :3] += (low[..., :3] - low_pass(drawn, w, h)[..., :3]) * np.float32(pull)
-            return Image.fromarray(to_u8(out if transparent else out[..., :3]), drawn.mode)
+            out[:3] += (low[:3] - low_pass(drawn, w, h)[:3]) * np.float32(pull)
+            return to_image(out, drawn.mode)
 
         return draw_whole
 
@@ -202,10 +202,10 @@ def edit_drawer(
         rw, rh = x1 - x0, y1 - y0
         alpha: F32 | None
         if transparent:  # the redrawn area's background is cleared; collaged inputs stay opaque
-            rgb = np.zeros((rh, rw, 3), np.float32)
+            rgb = np.zeros((3, rh, rw), np.float32)
             alpha = np.zeros((rh, rw), np.float32)
         else:
-            low = low_pass(src, w, h)[y0:y1, x0:x1, :3]
+            low = low_pass(src, w, h)[:3, y0:y1, x0:x1]
             rgb = low * np.float32(under_weight) + background(scene, rw, rh) * np.float32(1 - under_weight)
             alpha = None
         _collage(rgb, alpha, extras, make_rng(seed, digest[::-1]), 1.0 if transparent else 0.6)
@@ -250,8 +250,17 @@ def vary_drawer(
     digest = inputs_digest([image], b"vary")
     rng = make_rng(seed, digest)
     palette = build_palette(image_colours([image]), (), guidance, rng, from_inputs=True)
+    # A few faint shapes in the input's own colours: more at higher detail, never a landscape.
+    kinds = [VARY_KINDS[int(i)] for i in rng.integers(0, len(VARY_KINDS), size=VARY_SHAPES[detail])]
+    plan = PromptPlan(
+        colours=(),
+        shapes=tuple((k, 1) for k in kinds),
+        avoid_colours=(),
+        avoid_shapes=frozenset(),
+        digest=digest,
+    )
     scene = plan_scene(
-        read_prompt(""),
+        plan,
         seed,
         aspect=width / height,
         detail=detail,
@@ -259,7 +268,8 @@ def vary_drawer(
         guidance=guidance,
         palette=palette,
         digest=digest,
-        shape_scale=0.55,
+        shape_scale=0.6,
+        extra_copies=False,
     )
     # The warp: a 6 x 6 mesh whose inner vertices move by up to 7 % of a cell.
     cells = 6
@@ -289,23 +299,23 @@ def vary_drawer(
         hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * saturation, 0, 255).astype(np.uint8)
         turned = Image.fromarray(hsv, "HSV").convert("RGB")
         check()
-        full = as_array(turned)[..., :3]
-        low = low_pass(turned, w, h)[..., :3]
+        full = as_array(turned)[:3]
+        low = low_pass(turned, w, h)[:3]
         rgb = low + (full - low) * np.float32(detail_gain)
         if grain_amp:
             rgb *= 1.0 + upscale(grain, w, h) * np.float32(grain_amp)
-        rgb = np.clip(rgb, 0.0, 1.0)
-        alpha = as_array(warped)[..., 3] if transparent else None
+        np.clip(rgb, 0.0, 1.0, out=rgb)
+        alpha = as_array(warped)[3].copy() if transparent else None
         if alpha is not None:
-            rgb *= alpha[..., None]
+            rgb *= alpha
         canvas = render(
             scene, w, h, transparent=transparent, check=check, underlay=(rgb, alpha), shape_opacity=0.4
         )
         out = canvas.to_image(transparent)
-        arr = np.asarray(out, np.float32) / 255.0
+        arr = as_array(out)
         # Restore the input's mean colour, which the hue turn and the shapes moved.
-        shift = mean_in[..., :3].mean(axis=(0, 1)) - arr[..., :3].mean(axis=(0, 1))
-        arr[..., :3] = arr[..., :3] + shift
-        return Image.fromarray(to_u8(arr), out.mode)
+        for c in range(3):
+            arr[c] += mean_in[c].mean() - arr[c].mean()
+        return to_image(arr, out.mode)
 
     return draw

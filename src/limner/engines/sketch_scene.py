@@ -137,16 +137,18 @@ def plan_scene(
         return pal.inks[int(rng.integers(0, len(pal.inks)))]
 
     shapes = list(plan.shapes)
-    if not shapes:  # no shape words: the digest picks abstract shapes
+    bonus = level.extra_copies if extra_copies else 0
+    if not shapes:  # no shape words: the digest picks abstract shapes, as many as the detail level says
         allowed = [k for k in ABSTRACT_KINDS if k not in plan.avoid_shapes] or ["circle"]
         lo, hi = level.abstract
         picks = rng.choice(len(allowed), size=int(rng.integers(lo, hi + 1)))
         shapes = [(allowed[int(i)], 1) for i in picks]
+        bonus = 0
 
     items: list[Item] = []
     first = True
     for kind, count in shapes:
-        copies = min(MAX_COPIES.get(kind, 6), count + (level.extra_copies if extra_copies else 0))
+        copies = min(MAX_COPIES.get(kind, 6), count + bonus)
         for _ in range(copies):
             item = _place(kind, rng, horizon, first, level, ink(kind), pal, natural_ok)
             items.append(item if shape_scale == 1.0 else replace(item, size=item.size * shape_scale))
@@ -192,7 +194,7 @@ def plan_scene(
         acc = np.zeros((1, 1, 1), np.float32)
         for cells, amp in zip(_OCTAVE_CELLS[: level.octaves], _OCTAVE_AMPS, strict=False):
             ox, oy = _grid_dims(cells, aspect)
-            acc = upscale(acc, ox, oy).transpose(2, 0, 1) + smooth_noise(rng, ox, oy) * np.float32(amp)
+            acc = upscale(acc, ox, oy) + smooth_noise(rng, ox, oy) * np.float32(amp)
         texture = acc
     return Scene(pal, horizon, angle, tuple(items), drift, texture, level)
 
@@ -260,28 +262,30 @@ def _place(
 
 
 def background(scene: Scene, width: int, height: int) -> F32:
-    """The procedural background as RGB (h, w, 3): a gradient between the palette's two sky colours
+    """The procedural background, planar RGB (3, h, w): a gradient between the palette's two sky colours
     along the scene's angle, drifted by smooth noise, and the ground below the horizon if any."""
     pal = scene.palette
     xs = (np.arange(width, dtype=np.float32) + 0.5) / np.float32(width) - 0.5
     ys = (np.arange(height, dtype=np.float32) + 0.5) / np.float32(height) - 0.5
     c, s = np.float32(math.cos(scene.gradient_angle)), np.float32(math.sin(scene.gradient_angle))
-    t = upscale(scene.drift, width, height)[..., 0]
+    t = upscale(scene.drift, width, height)[0]
     t *= np.float32(0.22)
     t += xs[None, :] * c
     t += ys[:, None] * s + np.float32(0.5)
     np.clip(t, 0.0, 1.0, out=t)
-    a = np.asarray(pal.sky, np.float32)
-    out = t[..., None] * (np.asarray(pal.sky2, np.float32) - a)
-    out += a
+    out = np.empty((3, height, width), np.float32)
+    for k in range(3):
+        np.multiply(t, np.float32(pal.sky2[k] - pal.sky[k]), out=out[k])
+        out[k] += np.float32(pal.sky[k])
     if scene.horizon is not None:
         hy = scene.horizon * height
         row = min(height - 1, int(hy))
         depth = np.clip((np.arange(height, dtype=np.float32) - hy) / max(1.0, height - hy), 0.0, 1.0)
-        ground = np.asarray(pal.ground, np.float32) * (1.0 - 0.25 * depth)[:, None, None]
-        out[row + 1 :] = ground[row + 1 :]
         f = np.float32(row + 1 - hy)  # the horizon row is covered by this fraction of ground
-        out[row] = out[row] * (1.0 - f) + ground[row] * f
+        for k in range(3):
+            ground = np.float32(pal.ground[k]) * (1.0 - 0.25 * depth)
+            out[k, row + 1 :] = ground[row + 1 :, None]
+            out[k, row] = out[k, row] * (1.0 - f) + ground[row] * f
     return out
 
 
@@ -307,9 +311,9 @@ def render(
             check()
         _DRAW[item.kind](canvas, item, scene, shape_opacity * item.opacity)
     if scene.texture is not None:
-        tex = upscale(scene.texture, width, height)[..., 0]
+        tex = upscale(scene.texture, width, height)
         tex += np.float32(1.0)
-        canvas.rgb *= tex[..., None]
+        canvas.rgb *= tex  # (1, h, w) against (3, h, w): broadcast over the leading axis, fast
     return canvas
 
 
