@@ -125,10 +125,13 @@ def test_model_flag_maps_a_name_to_an_engine(tmp_path: Path) -> None:
     with start_server(tmp_path / "data", "--model", "house-style=sketch") as server:
         client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
         assert "house-style" in {m.id for m in client.models.list()}
-        result = client.images.generate(
-            model="house-style", prompt="x", size="512x512", response_format="url"
-        )
-        assert (result.data or [])[0].url
+        for fmt, content_type in [("jpeg", "image/jpeg"), ("webp", "image/webp"), ("png", "image/png")]:
+            result = client.images.generate(
+                model="house-style", prompt="x", size="512x512", response_format="url", output_format=fmt
+            )  # type: ignore[call-overload]
+            got = httpx2.get((result.data or [])[0].url or "")
+            assert got.status_code == 200 and got.headers["content-type"] == content_type
+            assert result.output_format == fmt and result.size == "512x512"
 
 
 def test_config_errors_stop_the_server_with_a_message(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONRe
 def _links(request: Request, store: ImageStore, encoded: list[bytes], fmt: str) -> list[str]:
     settings = request.app.state.settings
     base = base_url(request, settings.public_url, settings.trusted_proxies)
-    return [base + store.save(data, imaging.extension_for(fmt)) for data in encoded]
+    return [base + store.save(data, fmt) for data in encoded]
 
 
 def images_body(request: Request, work: Work, encoded: list[bytes], store: ImageStore) -> dict[str, Any]:

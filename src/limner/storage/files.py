@@ -16,7 +16,10 @@ import secrets
 import time
 from pathlib import Path
 
-_NAME_RE = re.compile(r"^(\d{1,12})_([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
+from limner import imaging
+
+_NAME_RE = re.compile(r"^(\d{1,12})_([A-Za-z0-9_-]{16,64})\.(png|jpg|webp)$")
+_FORMAT_OF_EXTENSION = {"png": "png", "jpg": "jpeg", "webp": "webp"}
 
 
 class LinkError(Exception):
@@ -48,10 +51,11 @@ class ImageStore:
     def _sign(self, name: str, expires: int) -> str:
         return hmac.new(self.secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def save(self, data: bytes, ext: str, *, now: float | None = None) -> str:
-        """Store the bytes; return the signed path-and-query of the link (to put after a base URL)."""
+    def save(self, data: bytes, fmt: str, *, now: float | None = None) -> str:
+        """Store the bytes of a `fmt` image (png, jpeg, webp); return the signed path-and-query of its
+        link (to put after a base URL)."""
         expires = int((now if now is not None else time.time()) + self.ttl_seconds)
-        name = f"{expires}_{secrets.token_urlsafe(18)}.{ext}"
+        name = f"{expires}_{secrets.token_urlsafe(18)}.{imaging.extension_for(fmt)}"
         tmp = self.directory / f".{name}.tmp"
         tmp.write_bytes(data)
         tmp.replace(self.directory / name)  # atomic: a reader never sees half a file
@@ -70,6 +74,10 @@ class ImageStore:
         if not path.is_file():
             raise LinkError("This image no longer exists.", 404)
         return path
+
+    @staticmethod
+    def media_type(path: Path) -> str:
+        return imaging.content_type_for(_FORMAT_OF_EXTENSION[path.suffix.lstrip(".")])
 
     def sweep(self, *, now: float | None = None) -> int:
         """Delete expired files (and stale temporaries); return how many were removed."""

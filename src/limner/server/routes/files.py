@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from limner import imaging
 from limner.server.errors import envelope
 from limner.storage import ImageStore, LinkError
 
@@ -22,7 +21,6 @@ async def get_file(request: Request, name: str, expires: str = "", sig: str = ""
             exc.status_code, str(exc), type="invalid_request_error", code="invalid_link"
         )
         return response
-    fmt = path.suffix.lstrip(".")
     return FileResponse(
-        path, media_type=imaging.content_type_for(fmt), headers={"cache-control": "private, max-age=3600"}
+        path, media_type=store.media_type(path), headers={"cache-control": "private, max-age=3600"}
     )
