@@ -135,6 +135,7 @@ def test_missing_extra_names_the_extra_to_install(missing: str) -> None:
         ({"source": "m", "strength": {"vary": 1.5}}, "strength.vary"),
         ({"source": "m", "strength": {"remix": 0.5}}, "strength.remix"),
         ({"source": "m", "load": "eager"}, "load"),
+        ({"source": "m", "max_pixels": 100}, "max_pixels"),
         ({"source": "m", "preview": "taesd"}, "preview"),
         ({"source": "m", "stepz": 3}, "stepz"),
     ],
@@ -230,6 +231,17 @@ def test_sizes_the_model_cannot_make_are_refused(tiny_engine: Any, width: int, h
         _gen(tiny_engine, width=width, height=height)
     assert caught.value.param == "size"
     assert "multiples of 64" in caught.value.message
+
+
+@pytest.mark.diffusers
+def test_max_pixels_bounds_the_area(tiny_text2image_dir: Path) -> None:
+    engine = create_engine(
+        "small", {"source": str(tiny_text2image_dir), "device": "cpu", "max_pixels": 64 * 128}
+    )
+    assert engine.info.max_pixels == 64 * 128
+    with pytest.raises(InvalidValue, match="at most 8192 pixels") as caught:
+        _gen(engine, width=128, height=128)
+    assert caught.value.param == "size"
 
 
 @pytest.mark.diffusers

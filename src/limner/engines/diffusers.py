@@ -40,7 +40,8 @@ What it does, and the decisions behind it:
   set and JobCancelled is raised from the callback, which also skips the final VAE decode.
 
 Options (the model's table in the config, minus `engine`): source, inpaint_source, device, dtype,
-scheduler, steps, guidance, sizes, size_multiple, max_size, strength, preview, max_batch, load.
+scheduler, steps, guidance, sizes, size_multiple, max_size, max_pixels, strength, preview, max_batch,
+load.
 Unknown options are a ValueError, so typos in the config fail at start instead of being ignored.
 """
 
@@ -94,6 +95,7 @@ _KNOWN_OPTIONS = frozenset(
         "sizes",
         "size_multiple",
         "max_size",
+        "max_pixels",
         "strength",
         "preview",
         "max_batch",
@@ -138,6 +140,8 @@ class DiffusersOptions:
     sizes: tuple[tuple[int, int], ...] | None = None
     size_multiple: int = 64
     max_size: int = 2048
+    #: Width times height at most; None: max_size squared.
+    max_pixels: int | None = None
     strength: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_STRENGTH))
     preview: PreviewMode = "auto"
     max_batch: int = 1
@@ -214,6 +218,9 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
     if size_multiple % 8:
         raise _fail("size_multiple", f"must be a multiple of 8 (the VAE's scale), got {size_multiple}")
     max_size = _int("max_size", options.get("max_size", 2048), size_multiple, 16384)
+    max_pixels = options.get("max_pixels")
+    if max_pixels is not None:
+        max_pixels = _int("max_pixels", max_pixels, size_multiple * size_multiple, 16384 * 16384)
     sizes: tuple[tuple[int, int], ...] | None = None
     if "sizes" in options:
         raw = options["sizes"]
@@ -250,6 +257,7 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         sizes=sizes,
         size_multiple=size_multiple,
         max_size=max_size,
+        max_pixels=max_pixels,
         strength=strength,
         preview=cast(PreviewMode, preview),
         max_batch=_int("max_batch", options.get("max_batch", 1), 1, 64),
@@ -527,7 +535,7 @@ class DiffusersEngine:
             operations=frozenset(operations),
             sizes=sizes,
             size_multiple=opts.size_multiple if sizes is None else 8,
-            max_pixels=max(w * h for w, h in sizes) if sizes else opts.max_size * opts.max_size,
+            max_pixels=max(w * h for w, h in sizes) if sizes else self._max_pixels,
             extra_reference_images=False,
             extras={
                 "engine": "diffusers",
@@ -572,6 +580,16 @@ class DiffusersEngine:
                 f"must be multiples of {m} from {m} to {opts.max_size}.",
                 param="size",
             )
+        if width * height > self._max_pixels:
+            raise InvalidValue(
+                f"Size {width}x{height} is not supported by model '{self.model_name}': at most "
+                f"{self._max_pixels} pixels (width x height).",
+                param="size",
+            )
+
+    @property
+    def _max_pixels(self) -> int:
+        return self.options.max_pixels or self.options.max_size * self.options.max_size
 
     def _require_task(self, loaded: _Loaded, task: Task, what: str, param: str) -> None:
         if _task_class(task, type(loaded.base).__name__) is None:
