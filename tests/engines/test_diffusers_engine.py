@@ -315,11 +315,14 @@ def test_masked_edit_keeps_unmasked_pixels_and_redraws_masked_ones(tiny_engine: 
     picture, mask = _picture(), _left_half_mask()
     job = EditJob(width=SIZE, height=SIZE, n=2, seed=5, prompt="a hat", images=[picture], mask=mask)
     unet = _parts(tiny_engine).base.unet
+    previews: list[Image.Image] = []
+    ctx = JobContext(partial_images=1, on_partial=lambda i, k, im: previews.append(im))
     with _ForwardCounter(unet) as counter:
-        edited = tiny_engine.edit(job, JobContext())
+        edited = tiny_engine.edit(job, ctx)
     assert counter.calls > 0  # the inpaint pipeline ran on the text-to-image weights
+    assert len(previews) == 2
     keep, redraw = np.asarray(mask) == 0, np.asarray(mask) == 255
-    for image in edited:
+    for image in edited + previews:
         assert image.size == picture.size
         assert np.array_equal(_px(image)[keep], _px(picture)[keep])
         assert np.mean(np.any(_px(image)[redraw] != _px(picture)[redraw], axis=-1)) > 0.9

@@ -25,7 +25,7 @@ What it does, and the decisions behind it:
   (faster on a GPU, but batched kernels may differ from the unbatched ones by one level in a pixel).
 * **Edits.** With a mask (255 = repaint): the inpaint pipeline, then the result is composed back onto
   the input through the mask, so every pixel outside the mask is bit-identical to the input (at the
-  output size; identical to the upload when the sizes match). Without a mask: image-to-image with a
+  output size; identical to the upload when the sizes match), in partial previews as well. Without a mask: image-to-image with a
   strength that follows `input_fidelity`. Edits use the first image only; more images are a 400 (param
   `image`): SD-family pipelines take no reference images.
 * **Variations**: image-to-image from the input with an empty prompt at a moderate strength (`vary`),
@@ -440,10 +440,13 @@ class DiffusersEngine:
         kwargs = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
         kwargs.update(image=image, mask_image=mask, height=job.height, width=job.width)
         strength = self.options.strength["inpaint_high_fidelity" if high else "inpaint"]
-        drawn = self._run(loaded, "inpaint", job, ctx, kwargs, strength=strength)
-        # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
-        # through the mask keeps every pixel outside it exactly as it came in.
-        return [Image.composite(out, image, mask) for out in drawn]
+
+        def compose(drawn: Image.Image) -> Image.Image:
+            # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
+            # through the mask keeps every pixel outside it exactly as it came in, previews included.
+            return Image.composite(drawn, image, mask)
+
+        return self._run(loaded, "inpaint", job, ctx, kwargs, strength=strength, compose=compose)
 
     def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
         self._check_job(job, "vary")
@@ -678,6 +681,7 @@ class DiffusersEngine:
         kwargs: dict[str, Any],
         *,
         strength: float | None,
+        compose: Callable[[Image.Image], Image.Image] | None = None,
     ) -> list[Image.Image]:
         torch = _module("torch")
         steps = self._steps(job, strength)
@@ -698,7 +702,7 @@ class DiffusersEngine:
             ]
             if "callback_on_step_end" in params:
                 call["callback_on_step_end"] = _StepCallback(
-                    ctx, first, PreviewDecoder(view, self.options.preview, job.width, job.height)
+                    ctx, first, PreviewDecoder(view, self.options.preview, job.width, job.height), compose
                 )
             out = view(**call).images
             ctx.check()
@@ -710,17 +714,25 @@ class DiffusersEngine:
                         f"{job.width}x{job.height}; configure the sizes it supports.",
                         param="size",
                     )
-                images.append(image.convert("RGB"))
+                image = image.convert("RGB")
+                images.append(compose(image) if compose is not None else image)
         return images
 
 
 class _StepCallback:
     """`callback_on_step_end`: cancellation at every step, previews at the steps chosen for them."""
 
-    def __init__(self, ctx: JobContext, first_image: int, decoder: PreviewDecoder) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        first_image: int,
+        decoder: PreviewDecoder,
+        compose: Callable[[Image.Image], Image.Image] | None,
+    ) -> None:
         self._ctx = ctx
         self._first = first_image
         self._decoder = decoder
+        self._compose = compose
         self._schedule: dict[int, int] | None = None  # step index -> partial index
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -740,7 +752,8 @@ class _StepCallback:
             return {}
         previews = self._decoder.decode(latents)
         for offset, preview in enumerate(previews or ()):
-            self._ctx.report_partial(self._first + offset, partial_index, preview)
+            shown = self._compose(preview) if self._compose is not None else preview
+            self._ctx.report_partial(self._first + offset, partial_index, shown)
         return {}
 
 
