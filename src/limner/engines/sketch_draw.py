@@ -170,13 +170,14 @@ class Canvas:
 
 
 def planar(img: Image.Image) -> F32:
-    """An image as planar float32 in 0..1, (bands, h, w)."""
-    return np.stack([np.asarray(band, np.float32) for band in img.split()]) * np.float32(1.0 / 255.0)
-
-
-def to_image(arr: F32, mode: str) -> Image.Image:
-    """Planar 0..1 floats (bands, h, w) as an 8-bit image of `mode` (RGB or RGBA)."""
-    return Image.merge(mode, [Image.fromarray(to_u8(arr[c]), "L") for c in range(len(mode))])
+    """An 8-bit image as planar float32 in 0..1, (bands, h, w)."""
+    data = np.asarray(img)
+    if data.ndim == 2:
+        data = data[..., None]
+    out = np.empty((data.shape[2], data.shape[0], data.shape[1]), np.float32)
+    for c in range(data.shape[2]):
+        np.multiply(data[..., c], np.float32(1.0 / 255.0), out=out[c])
+    return out
 
 
 def to_u8(x: NDArray[np.floating[Any]], inplace: bool = False) -> NDArray[np.uint8]:
@@ -239,25 +240,6 @@ def sd_polygon(x: F32, y: F32, pts: Sequence[tuple[float, float]]) -> F32:
     return np.where(inside, -dist, dist)
 
 
-def star_points(n: int, outer: float, inner: float, angle: float = 0.0) -> list[tuple[float, float]]:
-    pts = []
-    for k in range(2 * n):
-        r = outer if k % 2 == 0 else inner
-        a = angle - math.pi / 2 + k * math.pi / n
-        pts.append((r * math.cos(a), r * math.sin(a)))
-    return pts
-
-
-def regular_points(n: int, r: float, angle: float = 0.0) -> list[tuple[float, float]]:
-    return [
-        (
-            r * math.cos(angle - math.pi / 2 + 2 * math.pi * k / n),
-            r * math.sin(angle - math.pi / 2 + 2 * math.pi * k / n),
-        )
-        for k in range(n)
-    ]
-
-
 def sd_heart(x: F32, y: F32, size: float) -> F32:
     """A heart of height about `size`, centred (after Inigo Quilez's exact sdHeart)."""
     s = np.float32(size)
@@ -275,25 +257,42 @@ def smooth_noise(rng: np.random.Generator, cells_x: int, cells_y: int, channels:
     return rng.uniform(-1.0, 1.0, size=(channels, cells_y, cells_x)).astype(np.float32)
 
 
-def _taps(src: int, dst: int) -> tuple[NDArray[np.intp], NDArray[np.intp], F32]:
-    """For bilinear resampling from `src` to `dst` samples (pixel centres aligned): the two source
-    indices of each output sample and the weight of the second."""
-    pos = (np.arange(dst, dtype=np.float32) + np.float32(0.5)) * np.float32(src / dst) - np.float32(0.5)
+def _taps(src: int, dst: int, start: int, stop: int) -> tuple[NDArray[np.intp], NDArray[np.intp], F32]:
+    """For bilinear resampling from `src` to `dst` samples (pixel centres aligned): for output samples
+    start..stop, the two source indices of each and the weight of the second."""
+    pos = (np.arange(start, stop, dtype=np.float32) + np.float32(0.5)) * np.float32(src / dst) - np.float32(
+        0.5
+    )
     np.clip(pos, 0.0, src - 1, out=pos)
     i0 = np.floor(pos).astype(np.intp)
     i1 = np.minimum(i0 + 1, src - 1)
     return i0, i1, (pos - i0).astype(np.float32)
 
 
-def upscale(grid: F32, width: int, height: int) -> F32:
-    """Bilinear resampling of a (channels, gy, gx) grid to a fresh (channels, height, width) array:
-    separable, columns first on the small grid, then rows at full size (three passes)."""
-    x0, x1, fx = _taps(grid.shape[2], width)
-    y0, y1, fy = _taps(grid.shape[1], height)
-    cols = grid[:, :, x0] * (1.0 - fx) + grid[:, :, x1] * fx  # (channels, gy, width)
-    out = cols[:, y0, :] * (1.0 - fy)[:, None]
-    out += cols[:, y1, :] * fy[:, None]
+def upscale(grid: F32, width: int, height: int, window: tuple[int, int, int, int] | None = None) -> F32:
+    """Bilinear resampling of a (channels, gy, gx) grid to a fresh (channels, height, width) array, or
+    only its `window` (x0, y0, x1, y1): separable, columns on the small grid first, then rows."""
+    x0, y0, x1, y1 = window or (0, 0, width, height)
+    c0, c1, fx = _taps(grid.shape[2], width, x0, x1)
+    r0, r1, fy = _taps(grid.shape[1], height, y0, y1)
+    cols = grid[:, :, c0] * (1.0 - fx) + grid[:, :, c1] * fx  # (channels, gy, x1 - x0)
+    out = cols[:, r0, :] * (1.0 - fy)[:, None]
+    out += cols[:, r1, :] * fy[:, None]
     return out
+
+
+def shrink(arr: F32, cells: int = 16) -> F32:
+    """Planar `arr` (bands, h, w) box-averaged down to about `cells` samples on its long side."""
+    h, w = arr.shape[1:]
+    scale = cells / max(w, h)
+    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = [Image.fromarray(band, "F").resize((sw, sh), Image.Resampling.BOX) for band in arr]
+    return np.stack([np.asarray(band, np.float32) for band in resized])
+
+
+def blur(arr: F32, cells: int = 16) -> F32:
+    """The low frequencies of planar `arr`: shrunk to about `cells` on the long side and upscaled back."""
+    return upscale(shrink(arr, cells), arr.shape[2], arr.shape[1])
 
 
 def sd_star(x: F32, y: F32, r: float, n: int, m: float, angle: float = 0.0) -> F32:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from limner.engines.sketch_draw import F32, planar, sd_box, smooth_noise, to_image, to_u8, upscale
+from limner.engines.sketch_draw import F32, blur, planar, sd_box, shrink, smooth_noise, to_u8, upscale
 from limner.engines.sketch_palette import Palette, build_palette, image_colours
 from limner.engines.sketch_scene import Check, background, make_rng, plan_scene, render
 from limner.engines.sketch_words import PromptPlan, read_prompt
@@ -52,14 +52,32 @@ def fit(img: Image.Image, width: int, height: int, resample: Image.Resampling) -
     return img if img.size == (width, height) else img.resize((width, height), resample)
 
 
-def low_pass(img: Image.Image, width: int, height: int, cells: int = 16) -> F32:
-    """The image's low frequencies at (width, height): box-downscaled to about `cells` on its long side,
-    then bilinear back up. Planar straight RGBA float32 (4, h, w)."""
-    scale = cells / max(img.size)
-    small = img.convert("RGBA").resize(
-        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX
+def hue_matrix(degrees: float, saturation: float) -> F32:
+    """The 3 x 3 matrix that turns RGB hues by `degrees` about the grey axis and scales saturation:
+    a linear map, so it commutes with blurring and costs nine multiply-adds a pixel."""
+    a = math.radians(degrees)
+    c, s = math.cos(a), math.sin(a)
+    k = 1.0 / 3.0
+    q = math.sqrt(k)
+    # Rodrigues' rotation about the unit grey vector (q, q, q).
+    rot = np.array(
+        [
+            [c + k * (1 - c), k * (1 - c) - q * s, k * (1 - c) + q * s],
+            [k * (1 - c) + q * s, c + k * (1 - c), k * (1 - c) - q * s],
+            [k * (1 - c) - q * s, k * (1 - c) + q * s, c + k * (1 - c)],
+        ]
     )
-    return as_array(small.resize((width, height), Image.Resampling.BILINEAR))
+    grey = np.full((3, 3), k)
+    return (grey + (rot - grey) * saturation).astype(np.float32)
+
+
+def apply_matrix(m: F32, rgb: F32) -> F32:
+    out = np.empty_like(rgb)
+    for i in range(3):
+        np.multiply(rgb[0], m[i, 0], out=out[i])
+        out[i] += rgb[1] * m[i, 1]
+        out[i] += rgb[2] * m[i, 2]
+    return out
 
 
 def inputs_digest(images: list[Image.Image], salt: bytes = b"") -> bytes:
@@ -146,9 +164,10 @@ def edit_drawer(
         def draw_whole(w: int, h: int, check: Check) -> Image.Image:
             src = fit(base, w, h, Image.Resampling.BILINEAR)
             full = as_array(src)
-            low = low_pass(src, w, h)
-            rgb = low[:3] * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
-            rgb += (full[:3] - low[:3]) * np.float32(keep_detail)
+            small_in = shrink(full[:3])
+            low = upscale(small_in, w, h)
+            rgb = low * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
+            rgb += (full[:3] - low) * np.float32(keep_detail)
             np.clip(rgb, 0.0, 1.0, out=rgb)
             alpha = full[3].copy() if transparent else None
             if alpha is not None:
@@ -164,10 +183,13 @@ def edit_drawer(
                 underlay=(rgb, alpha),
                 shape_opacity=shape_opacity,
             )
-            drawn = canvas.to_image(transparent)
-            out = as_array(drawn)
-            out[:3] += (low[:3] - low_pass(drawn, w, h)[:3]) * np.float32(pull)
-            return to_image(out, drawn.mode)
+            # Pull the result's low frequencies towards the input's (premultiplied where transparent).
+            # Blurring is linear, so the difference is taken on the small grids and upscaled once.
+            if alpha is not None:
+                small_in = shrink(full[:3] * full[3])
+            small = (small_in - shrink(canvas.rgb)) * np.float32(pull)
+            canvas.rgb += upscale(small, w, h)
+            return canvas.to_image(transparent)
 
         return draw_whole
 
@@ -205,7 +227,7 @@ def edit_drawer(
             rgb = np.zeros((3, rh, rw), np.float32)
             alpha = np.zeros((rh, rw), np.float32)
         else:
-            low = low_pass(src, w, h)[:3, y0:y1, x0:x1]
+            low = upscale(shrink(as_array(src)[:3]), w, h, (x0, y0, x1, y1))
             rgb = low * np.float32(under_weight) + background(scene, rw, rh) * np.float32(1 - under_weight)
             alpha = None
         _collage(rgb, alpha, extras, make_rng(seed, digest[::-1]), 1.0 if transparent else 0.6)
@@ -281,7 +303,10 @@ def vary_drawer(
     detail_gain = float(rng.uniform(0.5, 0.9))
     grain = smooth_noise(rng, 48, 48)
     grain_amp = {"low": 0.0, "medium": 0.03, "high": 0.05}[detail]
-    mean_in = as_array(image.resize((64, 64), Image.Resampling.BOX))
+    thumb = as_array(image.convert("RGBA").resize((64, 64), Image.Resampling.BOX))
+    # The mean colour to restore, premultiplied like the canvas it is compared with.
+    mean_in = (thumb[:3] * thumb[3] if transparent else thumb[:3]).mean(axis=(1, 2))
+    turn = hue_matrix(hue_turn, saturation)
 
     def draw(w: int, h: int, check: Check) -> Image.Image:
         src = fit(image, w, h, Image.Resampling.BILINEAR).convert("RGBA")
@@ -293,29 +318,25 @@ def vary_drawer(
                 for vj, vi in ((j, i), (j + 1, i), (j + 1, i + 1), (j, i + 1)):
                     quad += [(vi / cells + jitter[vj, vi, 0]) * w, (vj / cells + jitter[vj, vi, 1]) * h]
                 mesh.append((box, tuple(quad)))
-        warped = src.transform((w, h), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR)
-        hsv = np.array(warped.convert("RGB").convert("HSV"))
-        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(hue_turn / 360 * 256)) % 256
-        hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * saturation, 0, 255).astype(np.uint8)
-        turned = Image.fromarray(hsv, "HSV").convert("RGB")
+        warped = as_array(src.transform((w, h), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR))
         check()
-        full = as_array(turned)[:3]
-        low = low_pass(turned, w, h)[:3]
-        rgb = low + (full - low) * np.float32(detail_gain)
+        full = apply_matrix(turn, warped[:3])
+        low = blur(full)
+        full -= low  # now the detail layer, re-weighted and put back
+        full *= np.float32(detail_gain)
+        full += low
         if grain_amp:
-            rgb *= 1.0 + upscale(grain, w, h) * np.float32(grain_amp)
-        np.clip(rgb, 0.0, 1.0, out=rgb)
-        alpha = as_array(warped)[3].copy() if transparent else None
+            full *= 1.0 + upscale(grain, w, h) * np.float32(grain_amp)
+        np.clip(full, 0.0, 1.0, out=full)
+        alpha = warped[3].copy() if transparent else None
         if alpha is not None:
-            rgb *= alpha
+            full *= alpha
         canvas = render(
-            scene, w, h, transparent=transparent, check=check, underlay=(rgb, alpha), shape_opacity=0.4
+            scene, w, h, transparent=transparent, check=check, underlay=(full, alpha), shape_opacity=0.4
         )
-        out = canvas.to_image(transparent)
-        arr = as_array(out)
         # Restore the input's mean colour, which the hue turn and the shapes moved.
         for c in range(3):
-            arr[c] += mean_in[c].mean() - arr[c].mean()
-        return to_image(arr, out.mode)
+            canvas.rgb[c] += np.float32(mean_in[c] - canvas.rgb[c].mean())
+        return canvas.to_image(transparent)
 
     return draw
