@@ -6,8 +6,10 @@ downscaled images, exact pixel equality where the contract demands it. Sizes are
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,17 +19,17 @@ from limner.engines.base import Engine
 from limner.engines.jobs import Detail, EditJob, GenerateJob, JobContext, VaryJob
 from limner.engines.sketch import SketchEngine, preview_sizes
 from limner.engines.sketch_scene import plan_scene
-from limner.engines.sketch_words import read_prompt
+from limner.engines.sketch_words import COLOURS, read_prompt
 from limner.errors import InvalidRequest, JobCancelled
 
 ENGINE = SketchEngine()
 W, H = 128, 96
 
 
-def generate(prompt: str, **kw: object) -> list[Image.Image]:
-    args: dict[str, object] = {"width": W, "height": H, "prompt": prompt}
+def generate(prompt: str, **kw: Any) -> list[Image.Image]:
+    args: dict[str, Any] = {"width": W, "height": H, "prompt": prompt}
     args.update(kw)
-    return ENGINE.generate(GenerateJob(**args), JobContext())  # type: ignore[arg-type]
+    return ENGINE.generate(GenerateJob(**args), JobContext())
 
 
 def arr(img: Image.Image) -> np.ndarray:
@@ -147,6 +149,53 @@ def test_different_prompts_give_different_pictures(a: str, b: str) -> None:
 def test_colour_words_dominate_the_picture(prompt: str, channel: int, detail: str) -> None:
     fractions = [dominant_fraction(generate(prompt, seed=s, detail=detail)[0], channel) for s in range(3)]
     assert min(fractions) > 0.6, fractions
+
+
+def mean_hue(img: Image.Image) -> float:
+    """The saturation-and-value weighted circular mean hue of an image, in degrees."""
+    hsv = np.asarray(img.convert("RGB").convert("HSV"), np.float32)
+    h = hsv[..., 0] / 256.0 * 2 * np.pi
+    w = hsv[..., 1] / 255.0 * hsv[..., 2] / 255.0
+    return float(np.degrees(np.arctan2((np.sin(h) * w).sum(), (np.cos(h) * w).sum())) % 360)
+
+
+@pytest.mark.parametrize(
+    "colour",
+    [
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "cyan",
+        "teal",
+        "blue",
+        "navy",
+        "purple",
+        "violet",
+        "magenta",
+        "pink",
+        "brown",
+        "gold",
+    ],
+)
+def test_colour_words_set_the_hue(colour: str) -> None:
+    target = colorsys.rgb_to_hsv(*COLOURS[colour])[0] * 360
+    for detail in ("low", "high"):
+        for seed in (0, 1):
+            hue = mean_hue(
+                generate(f"{colour} {colour} {colour}", detail=detail, seed=seed, width=96, height=96)[0]
+            )
+            assert min(abs(hue - target), 360 - abs(hue - target)) < 20, (hue, target)
+
+
+@pytest.mark.parametrize(
+    ("colour", "lo", "hi"), [("black", 0, 70), ("white", 180, 256), ("gray", 60, 190), ("silver", 120, 230)]
+)
+def test_colour_words_without_hue_set_lightness_and_greyness(colour: str, lo: float, hi: float) -> None:
+    for seed in (0, 1):
+        img = generate(f"{colour} {colour} {colour}", seed=seed)[0]
+        assert lo <= arr(img.convert("L")).mean() < hi
+        assert arr(img.convert("HSV"))[..., 1].mean() < 40  # nearly grey
 
 
 def test_prompt_without_colour_words_gets_varied_palettes() -> None:
@@ -283,9 +332,9 @@ def test_transparent_background_has_real_alpha() -> None:
 # ----------------------------------------------------------------------------------------------- edit
 
 
-def edit(prompt: str, images: list[Image.Image], mask: Image.Image | None, **kw: object) -> list[Image.Image]:
+def edit(prompt: str, images: list[Image.Image], mask: Image.Image | None, **kw: Any) -> list[Image.Image]:
     size = images[0].size
-    args: dict[str, object] = {
+    args: dict[str, Any] = {
         "width": size[0],
         "height": size[1],
         "prompt": prompt,
@@ -293,7 +342,7 @@ def edit(prompt: str, images: list[Image.Image], mask: Image.Image | None, **kw:
         "mask": mask,
     }
     args.update(kw)
-    return ENGINE.edit(EditJob(**args), JobContext())  # type: ignore[arg-type]
+    return ENGINE.edit(EditJob(**args), JobContext())
 
 
 @pytest.mark.parametrize("transparent", [False, True])
@@ -369,11 +418,26 @@ def test_variations_keep_composition_and_palette_yet_differ(detail: Detail) -> N
         assert mean_abs_diff(a, b) > 3.0
 
 
-def test_variation_honours_size_and_transparency() -> None:
+def test_variation_honours_size_and_keeps_the_input_alpha() -> None:
     src = photo().convert("RGBA")
-    src.putalpha(Image.new("L", src.size, 255).point(lambda v: v))
+    alpha = Image.new("L", src.size, 255)
+    alpha.paste(0, (0, 0, src.width // 3, src.height))  # the left third is transparent
+    src.putalpha(alpha)
     out = ENGINE.vary(VaryJob(width=90, height=140, image=src, transparent=True), JobContext())[0]
     assert out.size == (90, 140) and out.mode == "RGBA"
+    a = np.asarray(out)[..., 3]
+    assert (a[:, :20] == 0).mean() > 0.8 and (a[:, 40:] == 255).mean() > 0.8
+    opaque = ENGINE.vary(VaryJob(width=90, height=140, image=src), JobContext())[0]
+    assert opaque.mode == "RGB"
+
+
+def test_edit_accepts_other_image_modes() -> None:
+    src = photo().convert("L")
+    mask = box_mask(src.size, (10, 10, 60, 60))
+    out = edit("a sun", [src], mask)[0]
+    keep = np.asarray(mask) == 0
+    assert out.mode == "RGB"
+    assert np.array_equal(np.asarray(out)[keep], np.asarray(src.convert("RGB"))[keep])
 
 
 # ------------------------------------------------------------------------------------------- partials
