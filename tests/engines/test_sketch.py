@@ -82,6 +82,13 @@ def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Ima
     return m
 
 
+def round_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """An ellipse: its bounding box holds kept pixels too, which a rectangle would not test."""
+    m = Image.new("L", size, 0)
+    ImageDraw.Draw(m).ellipse(box, fill=255)
+    return m
+
+
 # -------------------------------------------------------------------------------------------- protocol
 
 
@@ -349,7 +356,7 @@ def edit(prompt: str, images: list[Image.Image], mask: Image.Image | None, **kw:
 @pytest.mark.parametrize("fidelity", ["low", "high"])
 def test_masked_edit_keeps_unmasked_pixels_exactly(transparent: bool, fidelity: str) -> None:
     src = photo()
-    mask = box_mask(src.size, (60, 20, 150, 100))
+    mask = round_mask(src.size, (40, 10, 150, 110))
     out = edit("a yellow star", [src], mask, seed=2, transparent=transparent, input_fidelity=fidelity)[0]
     assert out.size == src.size and out.mode == ("RGBA" if transparent else "RGB")
     keep = np.asarray(mask) == 0
@@ -370,7 +377,7 @@ def test_masked_edit_draws_the_prompt_in_the_mask() -> None:
 
 def test_masked_edit_resizes_input_and_mask_to_the_output_size() -> None:
     src = photo(200, 150)
-    mask = box_mask(src.size, (100, 0, 199, 149))  # the right half
+    mask = round_mask(src.size, (100, 0, 199, 149))  # an ellipse in the right half
     out = edit("a moon", [src], mask, width=100, height=75)[0]
     assert out.size == (100, 75)
     small_src = np.asarray(src.resize((100, 75), Image.Resampling.LANCZOS))
@@ -433,7 +440,7 @@ def test_variation_honours_size_and_keeps_the_input_alpha() -> None:
 
 def test_edit_accepts_other_image_modes() -> None:
     src = photo().convert("L")
-    mask = box_mask(src.size, (10, 10, 60, 60))
+    mask = round_mask(src.size, (10, 10, 60, 60))
     out = edit("a sun", [src], mask)[0]
     keep = np.asarray(mask) == 0
     assert out.mode == "RGB"
