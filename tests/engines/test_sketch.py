@@ -554,3 +554,23 @@ def test_inputs_it_cannot_honour_are_refused() -> None:
     with pytest.raises(InvalidRequest) as err:
         ENGINE.generate(GenerateJob(width=0, height=32, prompt="x"), JobContext())
     assert err.value.param == "size"
+
+
+@pytest.mark.parametrize("fidelity", ["low", "high"])
+def test_transparent_edit_without_mask_is_a_real_cut_out(fidelity: str) -> None:
+    """background=transparent on an unmasked edit: alpha really drawn (0 around, 255 on the shapes),
+    never an opaque copy of the input labelled transparent."""
+    src = Image.new("RGB", (128, 128), (30, 160, 40))
+    job = EditJob(
+        prompt="a star sticker",
+        width=128,
+        height=128,
+        seed=3,
+        transparent=True,
+        images=[src],
+        input_fidelity=fidelity,
+    )  # type: ignore[arg-type]
+    (out,) = SketchEngine().edit(job, JobContext())
+    alpha = np.asarray(out.getchannel("A"))
+    assert out.mode == "RGBA" and alpha.min() == 0 and alpha.max() == 255
+    assert 0.02 < (alpha == 255).mean() < 0.9

@@ -9,9 +9,10 @@
 * A variation warps the input smoothly, turns its hues a little, re-weights its fine detail, adds
   faint shapes in its own palette and restores its mean colour.
 
-Inputs keep their own alpha: sketch cannot tell a subject from its background, so an edit or a
-variation of an opaque picture stays opaque even when transparent=True (the redrawn area of a masked
-edit is the exception: its background is cleared there).
+With transparent=True, sketch never claims alpha it did not draw. It cannot tell a subject from its
+background, so a transparent edit without a mask draws the prompt's shapes, in the inputs' palette,
+on a cleared background (a cut-out, as a sticker prompt expects); a masked edit clears the background
+of the redrawn area only, and pixels outside the mask keep their own alpha.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def edit_drawer(
             rgb = low * np.float32(keep_low) + background(scene, w, h) * np.float32(1 - keep_low)
             rgb += (full[:3] - low) * np.float32(keep_detail)
             np.clip(rgb, 0.0, 1.0, out=rgb)
-            alpha = full[3].copy() if transparent else None
+            # Transparent: the background is cleared and only the prompt's shapes are drawn (see above).
+            alpha = np.zeros_like(full[3]) if transparent else None
             if alpha is not None:
                 rgb *= alpha
             check()
@@ -181,12 +183,12 @@ def edit_drawer(
                 transparent=transparent,
                 check=check,
                 underlay=(rgb, alpha),
-                shape_opacity=shape_opacity,
+                shape_opacity=1.0 if transparent else shape_opacity,  # a cut-out's shapes are solid
             )
-            # Pull the result's low frequencies towards the input's (premultiplied where transparent).
-            # Blurring is linear, so the difference is taken on the small grids and upscaled once.
-            if alpha is not None:
-                small_in = shrink(full[:3] * full[3])
+            if transparent:  # a cut-out: nothing of the input's background is pulled back in
+                return canvas.to_image(transparent)
+            # Pull the result's low frequencies towards the input's. Blurring is linear, so the
+            # difference is taken on the small grids and upscaled once.
             small = (small_in - shrink(canvas.rgb)) * np.float32(pull)
             canvas.rgb += upscale(small, w, h)
             return canvas.to_image(transparent)
