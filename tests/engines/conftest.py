@@ -17,9 +17,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-#: Steps per quality for the tiny engines: enough for previews and strengths to differ, still fast.
-TINY_STEPS = {"low": 2, "medium": 4, "high": 6}
-
 
 def _require_diffusers() -> None:
     for name in ("torch", "diffusers", "transformers", "tokenizers"):
@@ -53,6 +50,7 @@ def tiny_inpaint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_engine(tiny_text2image_dir: Path) -> Iterator[Any]:
     """One loaded engine on the tiny text-to-image folder, shared by the tests that only run jobs."""
     from limner.engines.diffusers import create_engine
+    from tests.support.tiny_pipeline import TINY_STEPS
 
     engine = create_engine("tiny", {"source": str(tiny_text2image_dir), "device": "cpu", "steps": TINY_STEPS})
     engine.load()

@@ -22,7 +22,7 @@ from limner.engines.diffusers import EXTRA_HINT, create_engine, parse_options
 from limner.engines.diffusers_previews import preview_steps
 from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
-from tests.engines.conftest import TINY_STEPS
+from tests.support.tiny_pipeline import TINY_STEPS
 
 SIZE = 64  # one latent shape for most tests: the CPU kernels warm up once per shape
 
@@ -208,6 +208,24 @@ def test_a_folder_that_is_not_a_model_is_engine_unavailable_at_load(tmp_path: Pa
     with pytest.raises(EngineUnavailable, match="could not be loaded"):
         engine.load()
     assert not engine.loaded
+
+
+@pytest.mark.diffusers
+def test_a_hub_id_that_is_not_cached_offline_is_engine_unavailable_at_load() -> None:
+    engine = create_engine("remote", {"source": "limner-tests/no-such-model", "device": "cpu"})
+    assert engine.info.extras["pipeline"] == "unknown"  # nothing could be read without the network
+    with pytest.raises(EngineUnavailable, match="limner-tests/no-such-model"):
+        engine.load()
+
+
+@pytest.mark.diffusers
+def test_a_device_the_machine_lacks_is_a_value_error(tiny_text2image_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=r"option 'device'.*no CUDA device"):
+        create_engine("gpu", {"source": str(tiny_text2image_dir), "device": "cuda:0"})
 
 
 @pytest.mark.diffusers

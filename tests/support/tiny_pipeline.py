@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: Steps per quality for engines on the tiny pipelines: enough for previews and strengths to differ.
+TINY_STEPS = {"low": 2, "medium": 4, "high": 6}
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LEN = 77  # CLIP context length; the text encoder's max_position_embeddings must match
 
