@@ -35,6 +35,9 @@ What it does, and the decisions behind it:
 * **Fields the model cannot honour** (`negative_prompt` or `guidance_scale` for a pipeline without them,
   a negative prompt with guidance <= 1 where classifier-free guidance is off) are a 400 naming the
   field, never silently dropped.
+* **Long prompts** are cut by the pipeline to its text encoder's window (77 CLIP tokens for the SD
+  family; diffusers logs what it dropped) rather than refused: OpenAI's prompt limits are far longer,
+  and clients written for them send long prompts.
 * **Partial images and cancellation** go through `callback_on_step_end`: previews at steps spread over
   the run (see diffusers_previews), and, when the job is cancelled, the pipeline's `_interrupt` flag is
   set and JobCancelled is raised from the callback, which also skips the final VAE decode.
