@@ -28,6 +28,13 @@ def _require_diffusers() -> None:
             )
 
 
+@pytest.fixture(autouse=True)
+def _skip_without_diffusers(request: pytest.FixtureRequest) -> None:
+    """Tests marked `diffusers` are skipped, with the reason, where the extra is not installed."""
+    if request.node.get_closest_marker("diffusers") is not None:
+        _require_diffusers()
+
+
 @pytest.fixture(scope="session")
 def tiny_text2image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny text-to-image pipeline (4-channel UNet) saved with save_pretrained."""
