@@ -21,8 +21,8 @@ class ModelTable(Protocol):
 
     engine: str
     sizes: list[str]
-    size_multiple: int
-    max_pixels: int
+    size_multiple: int | None
+    max_pixels: int | None
     default_size: str | None
     concurrency: int | None
     max_queue: int
@@ -56,6 +56,12 @@ def _diffusers(name: str, options: Mapping[str, Any]) -> Engine:
     return engine
 
 
+def _default_size(max_side: int, multiple: int) -> str:
+    """A square default for a free-size local model: 512x512 where the model can make it."""
+    side = max(multiple, min(512, max_side) // multiple * multiple)
+    return f"{side}x{side}"
+
+
 class EngineRegistry:
     def __init__(self, models: Mapping[str, ModelTable], *, sketch_concurrency: int = 1) -> None:
         self.engines: dict[str, Engine] = {}
@@ -85,12 +91,16 @@ class EngineRegistry:
         if profile is None:
             info = engine.info
             sizes = table.sizes or ([f"{w}x{h}" for w, h in info.sizes] if info.sizes else [])
+            multiple = table.size_multiple or max(8, info.size_multiple)
+            max_pixels = table.max_pixels or info.max_pixels
+            side = int(max_pixels**0.5) // multiple * multiple
             profile = rules.local_profile(
                 name,
                 sizes=sizes,
-                size_multiple=max(table.size_multiple, info.size_multiple),
-                max_pixels=min(table.max_pixels, info.max_pixels),
-                default_size=table.default_size or (sizes[0] if sizes else "512x512"),
+                size_multiple=multiple,
+                max_pixels=max_pixels,
+                max_side=max(side * 4, multiple),
+                default_size=table.default_size or (sizes[0] if sizes else _default_size(side, multiple)),
                 operations=info.operations,
             )
         self.models[name] = ServedModel(name, profile, key, concurrency, table.max_queue)

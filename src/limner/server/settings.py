@@ -46,19 +46,22 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     engine: str = "sketch"
-    #: For local names: the sizes the model accepts ("WxH"); empty = any multiple of size_multiple.
+    #: The sizes the model accepts ("WxH"); empty = any multiple of size_multiple up to max_pixels.
+    #: Unset values come from the engine (a diffusers model: multiples of 64 up to its max_size).
+    #: These limits are both the rule profile's (local names) and the engine's own.
     sizes: list[str] = Field(default_factory=list)
-    size_multiple: int = 8
-    max_pixels: int = 1024 * 1024
+    size_multiple: int | None = None
+    max_pixels: int | None = None
     default_size: str | None = None
     #: Concurrency and queue in front of this model's engine.
     concurrency: int | None = None
     max_queue: int = 32
 
     def engine_options(self) -> dict[str, Any]:
-        """The engine's own options: everything in the table except limner's keys."""
-        own = {"engine", "sizes", "size_multiple", "max_pixels", "default_size", "concurrency", "max_queue"}
-        return {k: v for k, v in self.model_dump().items() if k not in own}
+        """The engine's own options: the table less limner's keys, with the size limits that are set
+        (so that the engine and the rule profile agree on what the model can make)."""
+        own = {"engine", "default_size", "concurrency", "max_queue"}
+        return {k: v for k, v in self.model_dump().items() if k not in own and v not in (None, [])}
 
 
 class Defaults(BaseModel):
