@@ -6,6 +6,7 @@ tests/conftest.py); the server loads it from the folder through the real loading
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -259,3 +260,34 @@ def test_missing_extra_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "pip install 'limner[diffusers]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_model_that_fails_to_load(tmp_path: Path) -> None:
+    """A corrupt model folder, loaded lazily: a 503 envelope without internals when not streaming, and
+    an `event: error` that the SDK raises on when the stream had already started (contract 10)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    )
+    with start_server(tmp_path / "data", "--model", f"broken=diffusers:{broken}", timeout=120) as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as info:
+            client.images.generate(model="broken", prompt="x", size="64x64")
+        assert info.value.status_code == 503 and info.value.code == "engine_unavailable"
+        schema.validate_error(info.value.response.json())
+        assert str(broken) not in info.value.response.text  # no paths or library messages
+        assert str(broken) in server.log()  # the operator learns why
+
+        raw = httpx2.post(
+            server.api_base + "/images/generations",
+            json={"model": "broken", "prompt": "x", "size": "64x64", "stream": True, "n": 2},
+        )
+        assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+        assert raw.text.startswith("event: error\ndata: {")
+        schema.validate_error(json.loads(raw.text.split("data: ", 1)[1]))
+        stream = client.images.generate(model="broken", prompt="x", size="64x64", stream=True, n=2)
+        with pytest.raises(openai.APIError) as streamed:
+            list(stream)
+        assert "could not be loaded" in streamed.value.message
+        assert client.models.retrieve("broken").id == "broken"  # the server keeps serving

@@ -497,8 +497,11 @@ class DiffusersEngine:
                 pipe = diffusers.DiffusionPipeline.from_pretrained(source, **kwargs)
             pipe = pipe.to(self.device)
         except Exception as exc:
+            # The operator reads the cause in the log; the client learns only that the model is not
+            # available (no paths or library messages in a response).
+            logger.error("model '%s' could not be loaded from %r: %s", self.model_name, source, exc)
             raise EngineUnavailable(
-                f"Model '{self.model_name}' could not be loaded from {source!r}: {exc}"
+                f"Model '{self.model_name}' could not be loaded on this server; the server log says why."
             ) from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
