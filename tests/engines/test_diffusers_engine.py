@@ -211,11 +211,15 @@ def test_a_folder_that_is_not_a_model_is_engine_unavailable_at_load(tmp_path: Pa
 
 
 @pytest.mark.diffusers
-def test_a_hub_id_that_is_not_cached_offline_is_engine_unavailable_at_load() -> None:
+def test_a_hub_id_that_is_not_cached_offline_is_engine_unavailable_at_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     engine = create_engine("remote", {"source": "limner-tests/no-such-model", "device": "cpu"})
     assert engine.info.extras["pipeline"] == "unknown"  # nothing could be read without the network
-    with pytest.raises(EngineUnavailable, match="limner-tests/no-such-model"):
+    with pytest.raises(EngineUnavailable, match="'remote' could not be loaded") as info:
         engine.load()
+    assert "limner-tests/no-such-model" not in info.value.message  # clients see no source or cause
+    assert "limner-tests/no-such-model" in caplog.text  # the operator's log does
 
 
 @pytest.mark.diffusers
