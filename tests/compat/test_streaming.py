@@ -187,7 +187,7 @@ def test_leaving_a_stream_stops_the_work(client: openai.OpenAI, server: RunningS
         n=10,
         partial_images=3,
         quality="high",
-        size="2048x2048",
+        size="3840x2160",
     )
     first = next(iter(stream))
     assert first.type == "image_generation.partial_image"
@@ -196,4 +196,18 @@ def test_leaving_a_stream_stops_the_work(client: openai.OpenAI, server: RunningS
     while _pending(server) and time.monotonic() - left < 5:
         time.sleep(0.05)
     assert _pending(server) == 0
-    assert time.monotonic() - left < 3
+    assert time.monotonic() - left < 2  # ten 3840x2160 images take about ten seconds
+
+
+def test_leaving_a_plain_request_stops_the_work(server: RunningServer) -> None:
+    """Not streaming: the server watches the connection while the engine works and cancels the job."""
+    impatient = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.images.generate(
+            model="gpt-image-2", prompt="a detailed city", n=10, quality="high", size="3840x2160"
+        )
+    left = time.monotonic()
+    while _pending(server) and time.monotonic() - left < 5:
+        time.sleep(0.05)
+    assert _pending(server) == 0
+    assert time.monotonic() - left < 2  # ten 3840x2160 images take about ten seconds
