@@ -210,7 +210,9 @@ def test_quality_the_model_lacks(model: str, quality: str) -> None:
 
 def test_style_checked_for_dall_e_3_and_ignored_elsewhere() -> None:
     assert gen(model="dall-e-3", style="natural").style == "natural"
-    assert gen(model="dall-e-2", style="vivid").profile.name == "dall-e-2"  # accepted, no effect
+    assert gen(model="dall-e-3").style == "vivid"  # the spec's default
+    ignored = gen(model="dall-e-2", style="vivid")  # accepted (DALL-E-era clients send it), no effect
+    assert ignored.profile.name == "dall-e-2" and ignored.style is None
 
 
 @pytest.mark.parametrize("model,limit", [("dall-e-2", 1000), ("dall-e-3", 4000), ("gpt-image-1", 32000)])

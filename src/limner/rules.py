@@ -483,7 +483,8 @@ def _common(
         stream=stream,
         partial_images=partial_images or 0,
         input_fidelity=input_fidelity or "low",
-        style=getattr(req, "style", None),
+        # dall-e-3's style defaults to vivid (the spec's default); other models take none.
+        style=(getattr(req, "style", None) or "vivid") if profile.style else None,
         moderation=getattr(req, "moderation", None) or "auto",
         seed=req.seed,
         negative_prompt=req.negative_prompt,

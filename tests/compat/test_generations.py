@@ -198,3 +198,26 @@ def test_models_endpoints(client: openai.OpenAI) -> None:
 def test_health(server: RunningServer) -> None:
     answer = httpx2.get(server.base_url + "/health")
     assert answer.status_code == 200 and answer.json()["status"] == "ok"
+
+
+def test_dall_e_3_style_is_honoured(client: openai.OpenAI) -> None:
+    def saturation(style: Any) -> float:
+        result = client.images.generate(
+            model="dall-e-3",
+            prompt="a sun over the sea",
+            style=style,
+            response_format="b64_json",
+            extra_body={"seed": 8},
+        )
+        hsv = decode((result.data or [])[0].b64_json or "").convert("HSV")
+        return float(np.asarray(hsv, dtype=np.float64)[..., 1].mean())
+
+    assert saturation("natural") < saturation("vivid")
+
+
+def test_user_is_logged_for_the_operator(client: openai.OpenAI, server: RunningServer) -> None:
+    raw = client.images.with_raw_response.generate(
+        model="gpt-image-1", prompt="x", quality="low", user="end-user-42"
+    )
+    request_id = raw.headers["x-request-id"]
+    assert f"{request_id} generate model=gpt-image-1 n=1 size=1024x1024 user=end-user-42" in server.log()

@@ -502,3 +502,15 @@ def test_configured_scheduler_is_used(tiny_text2image_dir: Path, tiny_engine: An
     assert type(view.scheduler).__name__ == "EulerDiscreteScheduler"
     assert view.scheduler.config.beta_schedule == "scaled_linear"  # the model's schedule, kept
     assert not _same(_gen(euler)[0], _gen(tiny_engine)[0])
+
+
+@pytest.mark.diffusers
+def test_style_reaches_the_prompt(tiny_engine: Any) -> None:
+    """dall-e-3's style is honoured by wording the prompt, so each style gives another picture."""
+
+    def draw(style: Any) -> bytes:
+        job = GenerateJob(prompt="a cat", width=64, height=64, seed=2, num_inference_steps=2, style=style)
+        return tiny_engine.generate(job, JobContext())[0].tobytes()
+
+    plain, vivid, natural = draw(None), draw("vivid"), draw("natural")
+    assert len({plain, vivid, natural}) == 3

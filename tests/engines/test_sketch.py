@@ -574,3 +574,28 @@ def test_transparent_edit_without_mask_is_a_real_cut_out(fidelity: str) -> None:
     alpha = np.asarray(out.getchannel("A"))
     assert out.mode == "RGBA" and alpha.min() == 0 and alpha.max() == 255
     assert 0.02 < (alpha == 255).mean() < 0.9
+
+
+def _saturation(image: Image.Image) -> float:
+    return float(np.asarray(image.convert("HSV"), dtype=np.float64)[..., 1].mean())
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+def test_style_vivid_and_natural(transparent: bool) -> None:
+    """dall-e-3's style: vivid is more saturated than no style, natural less; alpha untouched."""
+
+    def draw(style: Any) -> Image.Image:
+        job = GenerateJob(
+            prompt="a sun over a green hill by the sea",
+            width=128,
+            height=128,
+            seed=4,
+            transparent=transparent,
+            style=style,
+        )
+        return SketchEngine().generate(job, JobContext())[0]
+
+    plain, vivid, natural = draw(None), draw("vivid"), draw("natural")
+    assert _saturation(natural) < _saturation(plain) < _saturation(vivid)
+    if transparent:
+        assert np.array_equal(np.asarray(vivid.getchannel("A")), np.asarray(plain.getchannel("A")))

@@ -72,6 +72,9 @@ from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 logger = logging.getLogger(__name__)
 
 EXTRA_HINT = "pip install 'limner[diffusers]'"
+#: dall-e-3's `style`, in OpenAI's own words for it, appended to the prompt (a text-to-image model's
+#: only handle on look): vivid "hyper-real and dramatic", natural "more natural, less hyper-real".
+STYLE_SUFFIX = {"vivid": ", vivid, hyper-real, dramatic", "natural": ", natural, realistic, understated"}
 
 Task = Literal["text2image", "image2image", "inpaint"]
 
@@ -406,7 +409,7 @@ class DiffusersEngine:
     def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
         self._check_job(job, "generate")
         loaded = self._ready(ctx)
-        kwargs = self._text_kwargs(job, job.prompt, loaded.base)
+        kwargs = self._text_kwargs(job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""), loaded.base)
         kwargs.update(height=job.height, width=job.width)
         return self._run(loaded, "text2image", job, ctx, kwargs, strength=None)
 

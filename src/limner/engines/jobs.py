@@ -64,6 +64,8 @@ class _JobBase:
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    #: dall-e-3's style: "vivid" leans hyper-real and dramatic, "natural" less so; None: no style.
+    style: Literal["vivid", "natural"] | None = None
 
 
 @dataclass

@@ -57,6 +57,7 @@ def job_fields(resolved: rules.Resolved) -> dict[str, Any]:
         negative_prompt=resolved.negative_prompt,
         num_inference_steps=resolved.num_inference_steps,
         guidance_scale=resolved.guidance_scale,
+        style=resolved.style,
     )
 
 
@@ -262,6 +263,17 @@ def prepare(
 ) -> Work:
     """The engine and queue for the resolved model, and its job (built by make_job from job_fields)."""
     state = request.app.state
+    # One line per image request for the operator: `user` / `safety_identifier` exist for abuse
+    # monitoring, which on a self-hosted server means this log.
+    log.info(
+        "%s %s model=%s n=%d size=%s user=%s",
+        getattr(request.state, "request_id", "-"),
+        resolved.operation,
+        resolved.profile.name,
+        resolved.n,
+        resolved.size,
+        resolved.user or "-",
+    )
     served, engine = state.registry.engine_for(resolved.profile.name)
     queue = state.scheduler.queue(served.engine_key, served.concurrency, served.max_queue)
     job = make_job(job_fields(resolved))
