@@ -72,3 +72,12 @@ def tiny_engine(tiny_text2image_dir: Path) -> Iterator[Any]:
     engine = create_engine("tiny", {"source": str(tiny_text2image_dir), "device": "cpu", "steps": TINY_STEPS})
     engine.load()
     yield engine
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StableDiffusionXLPipeline (two text encoders, `text_time` UNet) saved with save_pretrained."""
+    _require_diffusers()
+    from tests.support.tiny_pipeline import save_tiny_sdxl_pipeline
+
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "pipeline")

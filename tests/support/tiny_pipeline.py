@@ -239,6 +239,92 @@ def save_tiny_pipeline(out_dir: str | Path, *, inpaint: bool = False, seed: int 
     return out
 
 
+# -- Stable Diffusion XL: two text encoders, a UNet conditioned on pooled text and size ids ----------
+
+#: Width of the UNet's embedding of each of SDXL's 6 size ids (original size, crop corner, target size).
+SDXL_TIME_EMBED_DIM = 8
+
+
+def build_sdxl_unet(cross_attention_dim: int, pooled_dim: int, sample_size: int = 32) -> Any:
+    """A tiny SDXL UNet: `text_time` additional conditioning takes the pooled text embedding of the
+    second encoder plus 6 size ids, so its input width is 6 * addition_time_embed_dim + pooled_dim
+    (the pipeline checks this against what it builds and refuses a mismatch)."""
+    UNet2DConditionModel = _module("diffusers").UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        use_linear_projection=True,  # as SDXL's transformer blocks
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + pooled_dim,
+    ).eval()
+
+
+def build_sdxl_scheduler() -> Any:
+    """SDXL's own scheduler: Euler with the SD beta schedule and leading timestep spacing."""
+    EulerDiscreteScheduler = _module("diffusers").EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        num_train_timesteps=1000,
+    )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, vae_blocks: tuple[int, ...] = (32, 32, 64, 64)) -> Any:
+    """A tiny random StableDiffusionXLPipeline on the CPU in float32.
+
+    Like SDXL: a CLIPTextModel and a CLIPTextModelWithProjection whose penultimate hidden states are
+    concatenated (cross-attention width 32 + 32), the second one's projected pooled output feeding the
+    UNet's `text_time` embedding, and an Euler scheduler. Both tokenizers are the one trained locally.
+    """
+    _offline()
+    torch, diffusers, transformers = _module("torch"), _module("diffusers"), _module("transformers")
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(tokenizer)  # SDXL reads hidden_states[-2]: 2 layers are enough
+    # Same shape, a projection head on top (its config class is shared with CLIPTextModel).
+    text_encoder_2 = transformers.CLIPTextModelWithProjection(text_encoder.config).eval()
+    unet = build_sdxl_unet(
+        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        pooled_dim=text_encoder_2.config.projection_dim,
+    )
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=build_vae(vae_blocks),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=build_sdxl_scheduler(),
+        image_encoder=None,
+        feature_extractor=None,
+        add_watermarker=False,  # would depend on whether invisible-watermark happens to be installed
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_sdxl_pipeline(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Build a tiny SDXL pipeline and `save_pretrained` it into out_dir (safetensors); returns the folder."""
+    out = Path(out_dir)
+    build_tiny_sdxl_pipeline(seed=seed).save_pretrained(out, safe_serialization=True)
+    return out
+
+
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else "tiny-sd"
     is_inpaint = "--inpaint" in sys.argv
