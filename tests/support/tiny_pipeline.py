@@ -312,7 +312,8 @@ def build_tiny_sdxl_pipeline(seed: int = 0, vae_blocks: tuple[int, ...] = (32, 3
         scheduler=build_sdxl_scheduler(),
         image_encoder=None,
         feature_extractor=None,
-        add_watermarker=False,  # would depend on whether invisible-watermark happens to be installed
+        # Not saved by save_pretrained: a loader decides again (on if invisible-watermark is installed).
+        add_watermarker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
