@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import secrets
 import time
@@ -92,35 +91,30 @@ class _StreamJob:
     future: asyncio.Future[list[bytes]] = field(init=False)
 
 
-class _Disconnected(Exception):
-    pass
-
-
-async def _watch_disconnect(request: Request) -> None:
+async def _until_disconnected(request: Request) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.2)
-    raise _Disconnected()
 
 
 async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONResponse:
-    """Non-streaming: run the job (encoding in the worker thread too), answer ImagesResponse."""
+    """Non-streaming: run the job (encoding in the worker thread too), answer ImagesResponse. The
+    connection is watched meanwhile: if the client leaves, the job is cancelled (see wait_cancelling)."""
     ctx = JobContext()
     resolved = work.resolved
     future = work.queue.submit(lambda: _encode_all(resolved, _draw(work.engine, work.job, ctx)), ctx)
     job_task = asyncio.ensure_future(wait_cancelling(future, ctx))
-    watcher = asyncio.ensure_future(_watch_disconnect(request))
+    watcher = asyncio.ensure_future(_until_disconnected(request))
     try:
         await asyncio.wait({job_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping
+        job_task.cancel()
+        raise
     finally:
         watcher.cancel()
     if not job_task.done():  # the client left: stop the engine, answer nobody
         job_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, JobCancelled):
-            await job_task
         raise JobCancelled()
-    encoded = job_task.result()
-    body = images_body(request, work, encoded, store)
-    return JSONResponse(body)
+    return JSONResponse(images_body(request, work, job_task.result(), store))
 
 
 def _links(request: Request, store: ImageStore, encoded: list[bytes], fmt: str) -> list[str]:
