@@ -599,3 +599,23 @@ def test_style_vivid_and_natural(transparent: bool) -> None:
     assert _saturation(natural) < _saturation(plain) < _saturation(vivid)
     if transparent:
         assert np.array_equal(np.asarray(vivid.getchannel("A")), np.asarray(plain.getchannel("A")))
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a red sun over blue mountains", {"sun": "red", "mountain": "blue"}),
+        ("a yellow round sun", {"sun": "yellow"}),  # up to two words apart
+        ("red red red", {}),  # no shape: the colours are the palette's alone
+        ("a red sky with a big old tree", {}),  # too far apart to bind
+        ("blue waves and a white cloud", {"wave": "blue", "cloud": "white"}),
+    ],
+)
+def test_colour_words_bind_to_the_shape_they_describe(prompt: str, expected: dict[str, str]) -> None:
+    plan = read_prompt(prompt)
+    assert dict(plan.shape_colours) == {kind: COLOURS[c] for kind, c in expected.items()}
+    scene = plan_scene(plan, 0, aspect=1.0)
+    for item in scene.items:
+        if item.kind in expected:
+            assert item.colour == COLOURS[expected[item.kind]]
+    assert {COLOURS[c] for c in expected.values()} <= {c for c, _ in plan.colours}  # still in the palette

@@ -130,8 +130,11 @@ def plan_scene(
     angle = math.pi / 2 + float(rng.uniform(-0.15, 0.15)) if landscape else float(rng.uniform(0, 2 * math.pi))
 
     natural_ok = not pal.named
+    bound = dict(plan.shape_colours)
 
     def ink(kind: str) -> RGB:
+        if kind in bound:  # the prompt said which colour this shape is
+            return bound[kind]
         if natural_ok and kind in NATURAL_COLOURS:
             return rotate_hue(NATURAL_COLOURS[kind], float(rng.uniform(-8, 8)))
         return pal.inks[int(rng.integers(0, len(pal.inks)))]

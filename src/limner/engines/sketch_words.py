@@ -1,7 +1,8 @@
 """How the sketch engine reads a prompt: colour words, shape words, and a digest of every word.
 
 A prompt is lower-cased and split into words. Colour words (``COLOURS``) pick the palette, shape words
-(``SHAPES``) pick what is drawn, and the digest of the whole text (case and spacing aside) seeds the
+(``SHAPES``) pick what is drawn, a colour word up to two words before a shape word also colours that
+shape ("a red sun over blue mountains"), and the digest of the whole text (case and spacing aside) seeds the
 layout, so that any two different prompts give different pictures even when neither names a colour
 or a shape. Words of the
 negative prompt are removed from the colour and shape choices, and the colours they name are kept out
@@ -132,6 +133,9 @@ class PromptPlan:
     avoid_shapes: frozenset[str]
     #: SHA-256 of the prompt and the negative prompt (lower-cased, spacing normalised): seeds the layout.
     digest: bytes
+    #: Colours bound to shapes by the words ("a red sun over blue mountains": sun red, mountain blue).
+    #: A bound colour paints its shape, and still counts in `colours` (the palette) like any colour word.
+    shape_colours: tuple[tuple[str, RGB], ...] = ()
 
 
 def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
@@ -142,13 +146,21 @@ def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
 
     colour_counts: Counter[str] = Counter()
     shape_counts: Counter[str] = Counter()
-    for w in words:
+    bound: dict[str, str] = {}  # shape kind -> colour word
+    pending: tuple[str, int] | None = None  # the last colour word not yet bound, and where it stood
+    for i, w in enumerate(words):
+        shape = _lookup(w, SHAPES)
+        if shape and SHAPES[shape] not in neg_shapes:
+            kind = SHAPES[shape]
+            shape_counts[kind] += 1
+            # A colour word binds to a shape word up to two words after it ("red sun", "red round sun").
+            if pending is not None and i - pending[1] <= 2 and kind not in bound:
+                bound[kind] = pending[0]
+                pending = None
         colour = _lookup(w, COLOURS)
         if colour and colour not in neg_colours:
             colour_counts[colour] += 1
-        shape = _lookup(w, SHAPES)
-        if shape and SHAPES[shape] not in neg_shapes:
-            shape_counts[SHAPES[shape]] += 1
+            pending = (colour, i)
 
     # The digest takes the whole text, lower-cased with its spacing normalised: word order, digits and
     # punctuation all count ("room 1" and "room 2" are different prompts). The separator keeps the
@@ -160,4 +172,5 @@ def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
         avoid_colours=tuple(COLOURS[c] for c in sorted(neg_colours)),
         avoid_shapes=frozenset(neg_shapes),
         digest=hashlib.sha256(text.encode()).digest(),
+        shape_colours=tuple((kind, COLOURS[c]) for kind, c in bound.items()),
     )
