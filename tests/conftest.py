@@ -20,11 +20,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture()
-def fresh_data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
 # -- diffusers: tiny random pipelines saved once per session (tests/support/tiny_pipeline.py) --------
 
 

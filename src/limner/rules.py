@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from limner.errors import InvalidRequest, InvalidValue, ModelNotFound
@@ -58,7 +58,8 @@ class ModelProfile:
     max_aspect: float = 3.0
     default_size: str = "1024x1024"
     qualities: tuple[str, ...] = ()
-    default_quality: str = "auto"
+    #: What `quality=auto` (or no quality) resolves to for this model.
+    auto_quality: str = "high"
     max_n: int = 10
     prompt_max: int = 32000
     #: GPT-image request fields (background, output_format, stream, ...) are accepted.
@@ -102,7 +103,7 @@ OPENAI_PROFILES: dict[str, ModelProfile] = {
             operations=frozenset({"generate", "edit", "vary"}),
             sizes=("256x256", "512x512", "1024x1024"),
             qualities=("standard", "auto"),
-            default_quality="standard",
+            auto_quality="standard",
             prompt_max=1000,
             response_format=True,
             default_response_format="url",
@@ -118,7 +119,7 @@ OPENAI_PROFILES: dict[str, ModelProfile] = {
             operations=frozenset({"generate"}),
             sizes=("1024x1024", "1792x1024", "1024x1792"),
             qualities=("standard", "hd", "auto"),
-            default_quality="standard",
+            auto_quality="standard",
             max_n=1,
             prompt_max=4000,
             response_format=True,
@@ -214,14 +215,10 @@ class Resolved:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     user: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
-
-    def with_size(self, width: int, height: int) -> Resolved:
-        return replace(self, width=width, height=height)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +315,7 @@ def _quality(profile: ModelProfile, quality: str | None) -> tuple[str, str]:
     if q not in profile.qualities:
         raise _invalid("quality", q, profile.qualities, profile.name)
     if q == "auto":
-        q = {"dall-e-2": "standard", "dall-e-3": "standard"}.get(profile.family, "high")
+        q = profile.auto_quality
     return q, _DETAIL[q]
 
 

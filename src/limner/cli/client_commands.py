@@ -144,6 +144,25 @@ def _print_paths(paths: list[Path]) -> None:
         typer.echo(str(path))
 
 
+def _produce(
+    api: Any,
+    call: Callable[..., Any],
+    *,
+    stream: bool,
+    n: int | None,
+    partial_images: int,
+    output_dir: Path,
+    model: str | None,
+) -> list[Path]:
+    """Run one create call (streamed with progress, or not) and write its images; the paths written."""
+    if stream:
+        events = _run(lambda: call(stream=True, partial_images=partial_images))
+        return _run(lambda: _stream_to_files(events, n or 1, partial_images, output_dir))
+    # DALL-E answers with links by default; ask for the bytes, which are written either way.
+    result = _run(lambda: call(**({"response_format": "b64_json"} if _dall_e(model) else {})))
+    return _run(lambda: _save_all(result.data or [], result.created, output_dir, api.api_client))
+
+
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     n: Count = None,
@@ -161,16 +180,15 @@ def generate(
     """Create images from a prompt; writes them to files and prints their paths."""
     fields = _fields(n=n, size=size, model=model, quality=quality, output_format=output_format, seed=seed)
     with _images_api(base_url, api_key) as api:
-        if stream:
-            events = _run(
-                lambda: api.create_image(prompt=prompt, stream=True, partial_images=partial_images, **fields)
-            )
-            paths = _run(lambda: _stream_to_files(events, n or 1, partial_images, output_dir))
-        else:
-            if _dall_e(model):
-                fields["response_format"] = "b64_json"
-            result = _run(lambda: api.create_image(prompt=prompt, **fields))
-            paths = _run(lambda: _save_all(result.data or [], result.created, output_dir, api.api_client))
+        paths = _produce(
+            api,
+            lambda **kw: api.create_image(prompt=prompt, **fields, **kw),
+            stream=stream,
+            n=n,
+            partial_images=partial_images,
+            output_dir=output_dir,
+            model=model,
+        )
     _print_paths(paths)
 
 
@@ -196,18 +214,15 @@ def edit(
     fields = _fields(n=n, size=size, model=model, quality=quality, output_format=output_format, seed=seed)
     image: Any = images if len(images) > 1 else images[0]
     with _images_api(base_url, api_key) as api:
-        if stream:
-            events = _run(
-                lambda: api.create_image_edit(
-                    image, prompt, mask=mask, stream=True, partial_images=partial_images, **fields
-                )
-            )
-            paths = _run(lambda: _stream_to_files(events, n or 1, partial_images, output_dir))
-        else:
-            if _dall_e(model):
-                fields["response_format"] = "b64_json"
-            result = _run(lambda: api.create_image_edit(image, prompt, mask=mask, **fields))
-            paths = _run(lambda: _save_all(result.data or [], result.created, output_dir, api.api_client))
+        paths = _produce(
+            api,
+            lambda **kw: api.create_image_edit(image, prompt, mask=mask, **fields, **kw),
+            stream=stream,
+            n=n,
+            partial_images=partial_images,
+            output_dir=output_dir,
+            model=model,
+        )
     _print_paths(paths)
 
 

@@ -12,7 +12,8 @@ from limner.server.keys import KeyStore
 
 async def require_key(request: Request) -> None:
     keys: KeyStore = request.app.state.keys
-    if not keys.has_active_keys():
+    hashes = keys.active_hashes()
+    if not hashes:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -23,7 +24,7 @@ async def require_key(request: Request) -> None:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not keys.verify(token):
+    if not KeyStore.matches(token, hashes):
         raise AuthenticationFailed(
             f"Incorrect API key provided: {_redact(token)}.",
             code="invalid_api_key",

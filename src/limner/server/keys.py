@@ -11,7 +11,7 @@ import hmac
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,16 +85,19 @@ class KeyStore:
             )
         return cur.rowcount > 0
 
-    def has_active_keys(self) -> bool:
+    def active_hashes(self) -> Sequence[str]:
+        """The hashes of the keys in force: one query serves both "is the server open?" and the check."""
         with self._connect() as db:
-            return db.execute("SELECT 1 FROM keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
+            return [row[0] for row in db.execute("SELECT hash FROM keys WHERE revoked_at IS NULL")]
 
-    def verify(self, key: str) -> bool:
+    def has_active_keys(self) -> bool:
+        return bool(self.active_hashes())
+
+    @staticmethod
+    def matches(key: str, hashes: Sequence[str]) -> bool:
+        """Compare against every active hash in constant time: no early exit that leaks which matched."""
         digest = _hash(key)
-        with self._connect() as db:
-            rows = db.execute("SELECT hash FROM keys WHERE revoked_at IS NULL").fetchall()
-        # Compare against every active hash in constant time: no early exit that leaks which matched.
         found = False
-        for (stored,) in rows:
+        for stored in hashes:
             found |= hmac.compare_digest(stored, digest)
         return found

@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from limner.errors import PayloadTooLarge
+
 
 class RequestContextMiddleware:
     """Adds x-request-id, openai-processing-ms and openai-version to every HTTP response."""
@@ -55,16 +57,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "message": f"The request body is too large: the limit is {self.max_bytes} bytes.",
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                }
-            }
-        ).encode()
+        error = PayloadTooLarge(f"The request body is too large: the limit is {self.max_bytes} bytes.")
+        body = json.dumps(error.to_dict()).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -64,7 +64,7 @@ async def edit_mask(
             param="mask",
             profile=profile,
             max_pixels=max_pixels,
-            formats=frozenset({"png"}),
+            formats=imaging.PNG_ONLY,
             max_bytes=MASK_MAX_BYTES,
             square=False,
         )
