@@ -235,7 +235,7 @@ def test_empty_prompt_refused() -> None:
         ("background", "transparent"),
         ("moderation", "low"),
         ("output_compression", 50),
-        ("output_format", "png"),
+        ("output_format", "webp"),
         ("partial_images", 2),
         ("stream", True),
     ],
@@ -250,11 +250,13 @@ def test_stream_false_is_harmless_for_dall_e() -> None:
 
 
 @pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-1.5", "gpt-image-2", "chatgpt-image-latest"])
-def test_response_format_refused_for_gpt_models(model: str) -> None:
-    assert refused(gen, model=model, response_format="url").param == "response_format"
+def test_response_format_honoured_for_gpt_models(model: str) -> None:
+    assert gen(model=model, response_format="url").response_format == "url"
+    assert edit(model=model, response_format="url").response_format == "url"
+    assert gen(model=model, response_format="b64_json").response_format == "b64_json"
 
 
-def test_gpt_models_always_b64_and_dall_e_default_url() -> None:
+def test_gpt_models_default_b64_and_dall_e_default_url() -> None:
     assert gen(model="gpt-image-1").response_format == "b64_json"
     assert gen(model="dall-e-2").response_format == "url"
     assert gen(model="dall-e-3", response_format="b64_json").response_format == "b64_json"
@@ -360,3 +362,83 @@ def test_local_profile_takes_gpt_fields_and_both_formats() -> None:
     assert (r.width, r.height, r.response_format, r.output_format) == (768, 512, "url", "webp")
     with pytest.raises(InvalidRequest):
         rules.resolve_generation(lookup, CreateImageRequest(prompt="x", model="mine", size="1024x1024"))
+
+
+# -- the spec's default values are no-ops (contract section 10, revised) ------------------------------
+
+#: What openapi-generator's Ruby and Python clients send for CreateImageRequest.new(prompt: ...).
+GENERATED_DEFAULTS: dict[str, Any] = {
+    "background": "auto",
+    "moderation": "auto",
+    "n": 1,
+    "output_compression": 100,
+    "output_format": "png",
+    "partial_images": 0,
+    "quality": "auto",
+    "response_format": "url",
+    "size": "auto",
+    "stream": False,
+    "style": "vivid",
+}
+
+
+def test_spec_defaults_are_the_published_ones() -> None:
+    import yaml
+
+    from tests.support.schema import SPEC_PATH
+
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    props = spec["components"]["schemas"]["CreateImageRequest"]["properties"]
+
+    def default(prop: dict[str, Any]) -> Any:
+        if "$ref" in prop:
+            prop = spec["components"]["schemas"][prop["$ref"].rsplit("/", 1)[-1]]
+        if "default" in prop:
+            return prop["default"]
+        for alt in prop.get("anyOf", []) + prop.get("allOf", []):
+            if "$ref" in alt:
+                alt = spec["components"]["schemas"][alt["$ref"].rsplit("/", 1)[-1]]
+            if (found := default(alt)) is not None:
+                return found
+        return None
+
+    published = {k: default(v) for k, v in props.items() if default(v) is not None and k != "model"}
+    assert published == rules.SPEC_DEFAULTS == GENERATED_DEFAULTS
+
+
+def test_generated_client_defaults_are_a_dall_e_2_request() -> None:
+    r = gen(**GENERATED_DEFAULTS)
+    assert (r.profile.name, r.size, r.response_format, r.stream) == ("dall-e-2", "1024x1024", "url", False)
+
+
+@pytest.mark.parametrize(
+    "model,size,response_format",
+    [("gpt-image-1", "1024x1024", "url"), ("dall-e-3", "1024x1024", "url"), ("dall-e-2", "1024x1024", "url")],
+)
+def test_generated_client_defaults_with_a_model(model: str, size: str, response_format: str) -> None:
+    r = gen(model=model, **GENERATED_DEFAULTS)
+    assert (r.profile.name, r.size, r.response_format) == (model, size, response_format)
+    assert r.style == ("vivid" if model == "dall-e-3" else None)
+
+
+def test_non_default_values_keep_their_rules() -> None:
+    assert refused(gen, model="dall-e-2", background="transparent").param == "background"
+    assert refused(gen, model="dall-e-2", output_compression=99).param == "output_compression"
+    assert refused(gen, model="dall-e-3", partial_images=1).param == "partial_images"
+    # A GPT-only field with a value of its own still picks the GPT default model.
+    assert gen(background="opaque").profile.name == rules.DEFAULT_GPT_GENERATION_MODEL
+    assert gen(output_format="png").profile.name == rules.DEFAULT_GENERATION_MODEL
+
+
+def test_generated_edit_defaults_on_dall_e_2() -> None:
+    fields = {"background": "auto", "n": 1, "size": "1024x1024", "output_format": "png",
+              "output_compression": 100, "stream": False, "partial_images": 0, "quality": "auto",
+              "response_format": "url"}
+    r = edit(model="dall-e-2", **fields)
+    assert (r.profile.name, r.size, r.response_format) == ("dall-e-2", "1024x1024", "url")
+
+
+@pytest.mark.parametrize("size", ["1024x1024\n", " 1024x1024", "1024x1024 ", "1024X1024", "01024x1024"])
+@pytest.mark.parametrize("model", ["dall-e-2", "gpt-image-1", "gpt-image-2"])
+def test_sizes_are_exact_strings(model: str, size: str) -> None:
+    assert refused(gen, model=model, size=size).param == "size"

@@ -36,6 +36,23 @@ GPT_ONLY_FIELDS = (
     "stream",
     "input_fidelity",
 )
+#: The `default:` the published spec gives each optional field. Clients generated from the spec
+#: (openapi-generator's Ruby and Python ones) send every one of them, so a field sent with this value
+#: means the same as the field absent: it neither picks the GPT default model nor counts as a field
+#: the model does not take (contract section 10, revised). Other values keep the per-model rules.
+SPEC_DEFAULTS: dict[str, object] = {
+    "background": "auto",
+    "moderation": "auto",
+    "output_format": "png",
+    "output_compression": 100,
+    "stream": False,
+    "partial_images": 0,
+    "quality": "auto",
+    "size": "auto",
+    "style": "vivid",
+    "response_format": "url",
+    "n": 1,
+}
 #: The sizes GPT image models make (and the only ones the JSON edit body names).
 GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 MAX_IMAGES_PER_EDIT = 16
@@ -65,8 +82,8 @@ class ModelProfile:
     #: GPT-image request fields (background, output_format, stream, ...) are accepted.
     gpt_fields: bool = False
     input_fidelity: bool = False
-    #: `response_format` is accepted (DALL-E and local models); otherwise always b64_json.
-    response_format: bool = False
+    #: What an omitted `response_format` means. Every model honours the field (contract section 10,
+    #: revised): limner can serve a link for any image.
     default_response_format: Literal["url", "b64_json"] = "b64_json"
     #: The response echoes size, quality, background and output_format; GPT models add usage.
     echo_settings: bool = False
@@ -105,7 +122,6 @@ OPENAI_PROFILES: dict[str, ModelProfile] = {
             qualities=("standard", "auto"),
             auto_quality="standard",
             prompt_max=1000,
-            response_format=True,
             default_response_format="url",
             edit_formats=frozenset({"png"}),
             edit_max_bytes=4 * MIB,
@@ -122,7 +138,6 @@ OPENAI_PROFILES: dict[str, ModelProfile] = {
             auto_quality="standard",
             max_n=1,
             prompt_max=4000,
-            response_format=True,
             default_response_format="url",
             revised_prompt=True,
             style=True,
@@ -174,7 +189,6 @@ def local_profile(
         qualities=("low", "medium", "high", "auto", "standard", "hd"),
         gpt_fields=True,
         input_fidelity=True,
-        response_format=True,
         default_response_format=default_response_format,
         echo_settings=True,
     )
@@ -237,6 +251,16 @@ def _invalid(param: str, value: object, allowed: Iterable[str], model: str) -> I
     )
 
 
+def sent(req: object, field: str) -> bool:
+    """Whether the request carries `field` with a value other than the spec's default (see
+    SPEC_DEFAULTS): only such a value picks a model or is refused by a model that lacks the field."""
+    value = getattr(req, field, None)
+    if value is None:
+        return False
+    default = SPEC_DEFAULTS.get(field)
+    return not (default is not None and value == default and type(value) is type(default))
+
+
 def _unsupported(param: str, model: str) -> InvalidValue:
     return InvalidValue(
         f"Unknown parameter '{param}' for model '{model}': it is not supported with this model.",
@@ -245,11 +269,12 @@ def _unsupported(param: str, model: str) -> InvalidValue:
     )
 
 
-_SIZE_RE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+_SIZE_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
-    m = _SIZE_RE.match(size)
+    """(width, height) of an exact "WxH" string: no spaces, no trailing newline, no leading zeros."""
+    m = _SIZE_RE.fullmatch(size)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
@@ -389,11 +414,7 @@ class ProfileLookup:
     def for_generation(self, req: CreateImageRequest) -> ModelProfile:
         name = req.model
         if not name:
-            gpt_only = any(
-                getattr(req, f, None) not in (None, False)
-                for f in GPT_ONLY_FIELDS
-                if f in type(req).model_fields
-            )
+            gpt_only = any(sent(req, f) for f in GPT_ONLY_FIELDS if f in type(req).model_fields)
             name = self.default_gpt_generation if gpt_only else self.default_generation
         return self.get(name, "generate")
 
@@ -424,20 +445,12 @@ def _common(
             )
         _int_range("n", n, 1, profile.max_n)
 
-    # Fields the model does not take at all.
+    # Fields the model does not take at all (sent with the spec's default value they are no-ops).
     if not profile.gpt_fields:
         for f in GPT_ONLY_FIELDS:
-            value = getattr(req, f, None)
-            if value is not None and not (f == "stream" and value is False):
+            if sent(req, f):
                 raise _unsupported(f, profile.name)
     response_format = getattr(req, "response_format", None)
-    if response_format is not None and not profile.response_format:
-        raise InvalidValue(
-            f"Unknown parameter: 'response_format' is not supported with model '{profile.name}': it "
-            "always returns base64-encoded images (b64_json).",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     input_fidelity = getattr(req, "input_fidelity", None)
     if input_fidelity is not None and not profile.input_fidelity:
         raise _unsupported("input_fidelity", profile.name)
@@ -494,11 +507,9 @@ def _common(
 def resolve_generation(lookup: ProfileLookup, req: CreateImageRequest) -> Resolved:
     profile = lookup.for_generation(req)
     requested = req.size or "auto"
-    size = (
-        profile.default_size
-        if requested == "auto" and (profile.gpt_fields or req.size is None)
-        else requested
-    )
+    # `auto` is the spec's default size: for a model without it (dall-e-2, dall-e-3) it means the same
+    # as no size, the model's default.
+    size = profile.default_size if requested == "auto" else requested
     # `style` is accepted and ignored for models other than dall-e-3 (contract section 10), so that
     # DALL-E-era clients that always send it keep working; dall-e-3 checks its value.
     return _common(profile, "generate", req, prompt=req.prompt, size=size, requested_size=requested)

@@ -9,13 +9,14 @@ the body-limit middleware (413).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from limner.errors import InvalidImage, InvalidRequest
+from limner.errors import InvalidImage, InvalidRequest, UnknownParameter
 
 #: The biggest text field: a 32000-character prompt in UTF-8, with room to spare.
 MAX_FIELD_BYTES = 256 * 1024
@@ -82,6 +83,28 @@ async def read_form(request: Request, *, max_file_bytes: int, max_files: int, ma
             param=_public_param(parser.oversized),
         )
     return form
+
+
+def check_part_kinds(form: Form, *, file_fields: Collection[str], text_fields: Collection[str]) -> None:
+    """A known field sent as the wrong kind of part is a 400 that says what it must be (a client that
+    sends `image` as text has a bug to fix, which `unknown_parameter` would hide); an unknown file
+    part is `unknown_parameter` as usual (unknown text parts are the request model's to refuse)."""
+    for name in form.fields:
+        if name in file_fields:
+            param = _public_param(name)
+            raise InvalidRequest(
+                f"'{param}' must be a file upload (a multipart part with a filename), not a text field.",
+                param=param,
+                code="invalid_type",
+            )
+    for name in form.files:
+        if name in file_fields:
+            continue
+        if name in text_fields:
+            raise InvalidRequest(
+                f"'{name}' must be a text field, not a file upload.", param=name, code="invalid_type"
+            )
+        raise UnknownParameter(name)
 
 
 def _public_param(name: str) -> str:

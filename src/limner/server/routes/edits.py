@@ -10,9 +10,9 @@ from PIL import Image
 
 from limner import rules
 from limner.engines.jobs import EditJob
-from limner.errors import InvalidRequest, UnknownParameter
+from limner.errors import InvalidRequest
 from limner.server import service, uploads
-from limner.server.forms import read_form
+from limner.server.forms import check_part_kinds, read_form
 from limner.server.parsing import content_type, json_object, validate
 from limner.types import CreateImageEditRequest, EditImageJsonRequest, ImageRef
 
@@ -36,9 +36,7 @@ async def create_image_edit(request: Request) -> Response:
         request, max_file_bytes=settings.max_upload_bytes, max_files=rules.MAX_IMAGES_PER_EDIT + 1
     )
     try:
-        for name in form.files:
-            if name not in FILE_FIELDS:
-                raise UnknownParameter(name)
+        check_part_kinds(form, file_fields=FILE_FIELDS, text_fields=CreateImageEditRequest.model_fields)
         req = validate(CreateImageEditRequest, dict(form.fields))
         profile = request.app.state.lookup.for_edit(req.model)
         sources: list[BinaryIO] = [

@@ -7,9 +7,9 @@ from fastapi.responses import Response
 
 from limner import rules
 from limner.engines.jobs import VaryJob
-from limner.errors import InvalidRequest, UnknownParameter
+from limner.errors import InvalidRequest
 from limner.server import service, uploads
-from limner.server.forms import read_form
+from limner.server.forms import check_part_kinds, read_form
 from limner.server.parsing import content_type, validate
 from limner.types import CreateImageVariationRequest
 
@@ -25,9 +25,7 @@ async def create_image_variation(request: Request) -> Response:
     settings = request.app.state.settings
     form = await read_form(request, max_file_bytes=settings.max_upload_bytes, max_files=2)
     try:
-        for name in form.files:
-            if name != "image":
-                raise UnknownParameter(name)
+        check_part_kinds(form, file_fields=("image",), text_fields=CreateImageVariationRequest.model_fields)
         req = validate(CreateImageVariationRequest, dict(form.fields))
         profile = request.app.state.lookup.for_variation(req.model)
         files = form.files.get("image", [])
