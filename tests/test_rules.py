@@ -431,9 +431,17 @@ def test_non_default_values_keep_their_rules() -> None:
 
 
 def test_generated_edit_defaults_on_dall_e_2() -> None:
-    fields = {"background": "auto", "n": 1, "size": "1024x1024", "output_format": "png",
-              "output_compression": 100, "stream": False, "partial_images": 0, "quality": "auto",
-              "response_format": "url"}
+    fields = {
+        "background": "auto",
+        "n": 1,
+        "size": "1024x1024",
+        "output_format": "png",
+        "output_compression": 100,
+        "stream": False,
+        "partial_images": 0,
+        "quality": "auto",
+        "response_format": "url",
+    }
     r = edit(model="dall-e-2", **fields)
     assert (r.profile.name, r.size, r.response_format) == ("dall-e-2", "1024x1024", "url")
 

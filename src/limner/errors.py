@@ -12,6 +12,8 @@ renders them as {"error": {...}}. Tree:
     ├── PayloadTooLarge                 413
     ├── RateLimited                     429 code rate_limit_exceeded (+ Retry-After)
     ├── EngineUnavailable               503 (an engine or extra that is not installed or not loaded)
+    ├── ServiceUnavailable              503 (the key database cannot be read)
+    ├── StorageUnavailable              507 (url-mode images cannot be stored: disk full, read-only)
     └── JobCancelled                    (the client left; never rendered)
 """
 
@@ -110,6 +112,22 @@ class EngineUnavailable(LimnerError):
     status_code = 503
     error_type = "server_error"
     default_code = "engine_unavailable"
+
+
+class ServiceUnavailable(LimnerError):
+    """A part of the server it cannot work without is unusable. The message says what, never why in
+    detail (that is the log's job)."""
+
+    status_code = 503
+    error_type = "server_error"
+
+
+class StorageUnavailable(LimnerError):
+    """url-mode images cannot be stored (disk full, read-only data dir); b64_json keeps working."""
+
+    status_code = 507
+    error_type = "server_error"
+    default_code = "storage_unavailable"
 
 
 class JobCancelled(Exception):

@@ -116,7 +116,9 @@ def test_generate_stream_shows_progress_and_writes_the_final_images(
     assert result.exit_code == 0, result.output
     paths = paths_of(result.stdout)
     assert len(paths) == 2 and all(PILImage.open(p).size == (1024, 1024) for p in paths)
-    assert "wrote" in result.stderr
+    # stderr is not a terminal here: progress comes as plain lines, one per event.
+    lines = result.stderr.splitlines()
+    assert "image 1/2: partial 1/2 (1/6)" in lines and "image 2/2 done (6/6)" in lines
     assert sorted(tmp_path.iterdir()) == sorted(paths)  # no partial images left behind
 
 
@@ -267,3 +269,14 @@ def test_the_limner_command_has_the_client_commands(server: RunningServer, tmp_p
     assert done.returncode == 0, done.stderr
     [path] = paths_of(done.stdout)
     assert PILImage.open(io.BytesIO(path.read_bytes())).size == (256, 256)
+
+
+def test_help_shows_flags_as_flags_and_serve_defaults() -> None:
+    from limner.cli.main import app
+
+    generate = runner.invoke(app, ["generate", "--help"])
+    assert generate.exit_code == 0
+    stream_line = next(line for line in generate.stdout.splitlines() if "--stream" in line)
+    assert "<bool>" not in stream_line and "BOOLEAN" not in stream_line
+    serve = runner.invoke(app, ["serve", "--help"])
+    assert "[default: 127.0.0.1]" in serve.stdout and "[default: 8000]" in serve.stdout

@@ -83,7 +83,9 @@ def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def post_parts(server: RunningServer, path: str, parts: list[tuple[str, str | None, bytes]]) -> httpx2.Response:
+def post_parts(
+    server: RunningServer, path: str, parts: list[tuple[str, str | None, bytes]]
+) -> httpx2.Response:
     body, content_type = multipart(parts)
     return post(server, path, content=body, headers={"content-type": content_type})
 
@@ -161,7 +163,9 @@ def test_generated_multipart_variation(server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("name,param", [("image", "image"), ("image[]", "image"), ("mask", "mask")])
-def test_a_file_field_sent_as_text_says_it_must_be_a_file(server: RunningServer, name: str, param: str) -> None:
+def test_a_file_field_sent_as_text_says_it_must_be_a_file(
+    server: RunningServer, name: str, param: str
+) -> None:
     parts: list[tuple[str, str | None, bytes]] = [("prompt", None, b"x"), ("model", None, b"gpt-image-1")]
     if name == "mask":
         parts.append(("image", "a.png", png_bytes(gradient(64, 64))))
@@ -185,7 +189,9 @@ def test_variation_image_sent_as_text(server: RunningServer) -> None:
     [("/images/edits", n) for n in ("model", "size", "prompt", "n")]
     + [("/images/variations", n) for n in ("model", "size", "n")],
 )
-def test_a_text_field_sent_as_a_file_says_it_must_be_text(server: RunningServer, path: str, name: str) -> None:
+def test_a_text_field_sent_as_a_file_says_it_must_be_text(
+    server: RunningServer, path: str, name: str
+) -> None:
     parts: list[tuple[str, str | None, bytes]] = [("image", "a.png", png_bytes(gradient(64, 64)))]
     if path == "/images/edits" and name != "prompt":
         parts.append(("prompt", None, b"x"))
@@ -214,8 +220,14 @@ def test_png_output_compression_sets_effort_not_pixels(server: RunningServer) ->
         response = post(
             server,
             "/images/generations",
-            json={"model": "gpt-image-1", "prompt": "a red sun over blue mountains", "quality": "low",
-                  "output_format": "png", "output_compression": compression, "seed": 7},
+            json={
+                "model": "gpt-image-1",
+                "prompt": "a red sun over blue mountains",
+                "quality": "low",
+                "output_format": "png",
+                "output_compression": compression,
+                "seed": 7,
+            },
         )
         assert response.status_code == 200, response.text
         b64 = response.json()["data"][0]["b64_json"]

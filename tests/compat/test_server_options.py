@@ -50,8 +50,18 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
         assert "ci" in listing and key not in listing
         limner("keys", "revoke", key_id, "--data-dir", str(data))
         assert "revoked" in limner("keys", "list", "--data-dir", str(data))
-        # The only key is revoked: the server is open again, as with no key.
-        assert good.images.generate(model="dall-e-2", prompt="x", size="256x256").data
+        # The only key is revoked: the server stays closed (it never fails open); the revocation takes
+        # effect within the key cache's second.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                good.images.generate(model="dall-e-2", prompt="x", size="256x256")
+            except openai.AuthenticationError:
+                break
+            assert time.monotonic() < deadline, "a revoked key still works"
+            time.sleep(0.1)
+        with pytest.raises(openai.AuthenticationError):
+            open_client.images.generate(model="dall-e-2", prompt="x", size="256x256")
 
 
 def test_body_over_the_limit_is_413(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx2
@@ -174,40 +173,28 @@ def test_stream_errors_before_start_are_plain_http_errors(client: openai.OpenAI)
     assert info.value.param == "stream"
 
 
-def _pending(server: RunningServer) -> int:
-    return sum(httpx2.get(server.base_url + "/health").json()["queues"].values())
+#: Ten large, detailed images: seconds of work that a cancelled job does not finish.
+BIG = dict(model="gpt-image-2", prompt="a detailed city", n=10, quality="high", size="3840x2160")
 
 
 def test_leaving_a_stream_stops_the_work(client: openai.OpenAI, server: RunningServer) -> None:
-    # Ten large, detailed images would keep the engine busy for seconds; leave after the first event.
-    stream = client.images.generate(
-        model="gpt-image-2",
-        prompt="a detailed city",
-        stream=True,
-        n=10,
-        partial_images=3,
-        quality="high",
-        size="3840x2160",
-    )
+    server.wait_idle()
+    done, cancelled = server.jobs()
+    stream = client.images.generate(stream=True, partial_images=3, **BIG)  # type: ignore[call-overload]
     first = next(iter(stream))
     assert first.type == "image_generation.partial_image"
     stream.close()
-    left = time.monotonic()
-    while _pending(server) and time.monotonic() - left < 5:
-        time.sleep(0.05)
-    assert _pending(server) == 0
-    assert time.monotonic() - left < 2  # ten 3840x2160 images take about ten seconds
+    server.wait_idle()
+    # The stream's first image job was stopped, and no later one started: nothing ran to the end.
+    assert server.jobs() == (done, cancelled + 1)
 
 
 def test_leaving_a_plain_request_stops_the_work(server: RunningServer) -> None:
     """Not streaming: the server watches the connection while the engine works and cancels the job."""
+    server.wait_idle()
+    done, cancelled = server.jobs()
     impatient = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0, timeout=0.5)
     with pytest.raises(openai.APITimeoutError):
-        impatient.images.generate(
-            model="gpt-image-2", prompt="a detailed city", n=10, quality="high", size="3840x2160"
-        )
-    left = time.monotonic()
-    while _pending(server) and time.monotonic() - left < 5:
-        time.sleep(0.05)
-    assert _pending(server) == 0
-    assert time.monotonic() - left < 2  # ten 3840x2160 images take about ten seconds
+        impatient.images.generate(**BIG)  # type: ignore[call-overload]
+    server.wait_idle()
+    assert server.jobs() == (done, cancelled + 1)  # stopped, not finished

@@ -211,15 +211,22 @@ def test_a_folder_that_is_not_a_model_is_engine_unavailable_at_load(tmp_path: Pa
 
 
 @pytest.mark.diffusers
-def test_a_hub_id_that_is_not_cached_offline_is_engine_unavailable_at_load(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    "option,source,hint",
+    [
+        ("source", "limner-tests/no-such-model", "hf download limner-tests/no-such-model"),
+        ("source", "/no/such/folder", "no such folder"),
+        ("inpaint_source", "/no/such/inpaint", "no such folder"),
+    ],
+)
+def test_a_source_that_is_not_here_is_refused_at_creation(
+    tiny_text2image_dir: Path, option: str, source: str, hint: str
 ) -> None:
-    engine = create_engine("remote", {"source": "limner-tests/no-such-model", "device": "cpu"})
-    assert engine.info.extras["pipeline"] == "unknown"  # nothing could be read without the network
-    with pytest.raises(EngineUnavailable, match="'remote' could not be loaded") as info:
-        engine.load()
-    assert "limner-tests/no-such-model" not in info.value.message  # clients see no source or cause
-    assert "limner-tests/no-such-model" in caplog.text  # the operator's log does
+    options = {"source": str(tiny_text2image_dir), "device": "cpu", option: source}
+    with pytest.raises(ValueError) as info:
+        create_engine("remote", options)
+    message = str(info.value)
+    assert f"model 'remote': {option} '{source}'" in message and hint in message
 
 
 @pytest.mark.diffusers

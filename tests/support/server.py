@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 
@@ -35,6 +36,26 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx2.get(self.base_url + "/health", timeout=30).json()
+        return body
+
+    def pending(self) -> int:
+        """Jobs running or waiting, over every engine."""
+        return sum(self.health()["queues"].values())
+
+    def jobs(self) -> tuple[int, int]:
+        """(jobs done, jobs cancelled) over every engine: tests count work instead of timing it."""
+        jobs = self.health()["jobs"].values()
+        return sum(j["done"] for j in jobs), sum(j["cancelled"] for j in jobs)
+
+    def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until no job runs or waits; a generous deadline, since a loaded machine is slow."""
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            assert time.monotonic() < deadline, "the work never stopped"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

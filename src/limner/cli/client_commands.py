@@ -113,29 +113,38 @@ def _dall_e(model: str | None) -> bool:
 
 
 def _stream_to_files(stream: Any, total_images: int, partials: int, out: Path) -> list[Path]:
+    """Write each completed image; show progress on stderr: a live bar on a terminal, else one line
+    per event (a log file or a CI job sees every step too)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
     paths: list[Path] = []
     steps = max(1, total_images * (partials + 1))
+    console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
+
+    def report(description: str, completed: int) -> None:
+        if console.is_terminal:
+            progress.update(task, completed=completed, description=description)
+        else:
+            typer.echo(f"{description} ({completed}/{steps})", err=True)
+
+    with progress:
         task = progress.add_task("waiting for the first image", total=steps)
         for event in stream:
             index = len(paths)
             if event.type.endswith("partial_image"):
-                progress.update(
-                    task,
-                    advance=1,
-                    description=f"image {index + 1}/{total_images}: "
-                    f"partial {event.partial_image_index + 1}/{partials}",
+                report(
+                    f"image {index + 1}/{total_images}: partial {event.partial_image_index + 1}/{partials}",
+                    index * (partials + 1) + event.partial_image_index + 1,
                 )
             else:
                 data = base64.b64decode(event.b64_json)
                 paths.append(_write(out, f"limner-{event.created_at}-{index}", data))
-                done = (index + 1) * (partials + 1)
-                progress.update(task, completed=done, description=f"image {index + 1}/{total_images} done")
-                progress.console.print(f"[green]wrote[/green] {paths[-1]}")
+                report(f"image {index + 1}/{total_images} done", (index + 1) * (partials + 1))
+                if console.is_terminal:
+                    progress.console.print(f"[green]wrote[/green] {paths[-1]}")
     return paths
 
 

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from limner import __version__
+
+if TYPE_CHECKING:
+    from limner.server.keys import KeyStore
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="limner",
     help="limner: a self-hosted OpenAI Images API (server, engines, client).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: typer's rich panels show flags as `--stream <bool>` and read `[default: x]` in a
+    # help string as markup (so it vanished).
+    rich_markup_mode=None,
 )
 keys_app = typer.Typer(
     help="Manage API keys (stored hashed in SQLite under the data dir).", no_args_is_help=True
@@ -51,8 +60,11 @@ def _parse_model_flags(values: list[str]) -> dict[str, dict[str, str]]:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on. [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port. [default: 8000]")] = None,
+    # None, not the default itself, so that a value in --config is not overridden by the flag's default.
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on.  [default: 127.0.0.1]", show_default=False)
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port.  [default: 8000]", show_default=False)] = None,
     data_dir: DataDir = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A TOML config file.", exists=True, dir_okay=False)
@@ -63,18 +75,31 @@ def serve(
     model: Annotated[
         list[str] | None,
         typer.Option(
-            "--model", help="Serve NAME with an engine: NAME=diffusers:SOURCE or NAME=sketch (repeatable)."
+            "--model",
+            metavar="NAME=ENGINE[:SOURCE]",
+            help="Serve NAME with an engine: NAME=diffusers:SOURCE or NAME=sketch (repeatable).",
+        ),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            metavar="keys|none",
+            help="keys: every /v1 call needs a key; none: open. Default: keys once any key was ever "
+            "created in the data dir.",
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the Images API server."""
     import uvicorn
+    from pydantic import ValidationError
 
     from limner.errors import EngineUnavailable
     from limner.server.app import create_app
-    from limner.server.auth import is_loopback
+    from limner.server.keys import KeyDatabaseError
     from limner.server.settings import Settings
+    from limner.storage.files import SecretError
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -84,18 +109,17 @@ def serve(
             port=port,
             data_dir=data_dir,
             public_url=public_url,
+            auth=auth,
             models=_parse_model_flags(model or []) or None,
         )
         application = create_app(settings)
-    except (EngineUnavailable, ValueError, OSError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        typer.echo(f"limner serve: invalid configuration: {problems}", err=True)
+        raise typer.Exit(2) from None
+    except (EngineUnavailable, KeyDatabaseError, SecretError, ValueError, OSError) as exc:
         typer.echo(f"limner serve: {exc}", err=True)
         raise typer.Exit(2) from None
-    if not is_loopback(settings.host) and not application.state.keys.has_active_keys():
-        logging.getLogger("limner.server").warning(
-            "listening on %s with no API key: anyone who can reach this port can use it. "
-            "Create one with `limner keys create`.",
-            settings.host,
-        )
     uvicorn.run(
         application,
         host=settings.host,
@@ -107,15 +131,24 @@ def serve(
     )
 
 
+def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None) -> T:
+    """Run a key-store action; a database that cannot be used is one line on stderr and exit 1."""
+    from limner.server.keys import KeyDatabaseError, KeyStore
+
+    try:
+        return action(KeyStore(_data_dir(data_dir) / "keys.sqlite3"))
+    except KeyDatabaseError as exc:
+        typer.echo(f"limner keys: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @keys_app.command("create")
 def keys_create(
     data_dir: DataDir = None,
     name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
 ) -> None:
     """Create a key. It is printed once, as the last line; only its hash is stored."""
-    from limner.server.keys import KeyStore
-
-    record, secret = KeyStore(_data_dir(data_dir) / "keys.sqlite3").create(name)
+    record, secret = _key_action(lambda store: store.create(name), data_dir)
     typer.echo(f"Created key {record.id} ({record.name}). Keep it safe: it is not shown again.")
     typer.echo(secret)
 
@@ -125,9 +158,7 @@ def keys_list(data_dir: DataDir = None) -> None:
     """List keys (ids, names and hints; never the keys)."""
     import datetime
 
-    from limner.server.keys import KeyStore
-
-    for k in KeyStore(_data_dir(data_dir) / "keys.sqlite3").list():
+    for k in _key_action(lambda store: store.list(), data_dir):
         created = datetime.datetime.fromtimestamp(k.created_at, datetime.UTC).isoformat(timespec="seconds")
         state = "revoked" if k.revoked_at else "active"
         typer.echo(f"{k.id}\t{k.name}\t{k.hint}\t{created}\t{state}")
@@ -136,9 +167,7 @@ def keys_list(data_dir: DataDir = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     """Revoke a key by its id."""
-    from limner.server.keys import KeyStore
-
-    if not KeyStore(_data_dir(data_dir) / "keys.sqlite3").revoke(key_id):
+    if not _key_action(lambda store: store.revoke(key_id), data_dir):
         typer.echo(f"No active key with id {key_id}.", err=True)
         raise typer.Exit(1)
     typer.echo(f"Revoked {key_id}.")

@@ -305,6 +305,28 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(utils, "_resolve_dtype") else "torch_dtype"
 
 
+def _check_source(model_name: str, option: str, source: str | None) -> None:
+    """A source must be a folder here or a hub id already in the local cache: found at start-up, not
+    by the first request after a network time-out."""
+    if source is None or os.path.isdir(source):
+        return
+    looks_like_id = not source.startswith((".", "/", "~")) and source.count("/") == 1
+    if looks_like_id:
+        try:
+            cached = _module("huggingface_hub").try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # a malformed id: reported below like any other unknown source
+            cached = None
+        if isinstance(cached, str):
+            return
+        hint = f"download it first (hf download {source}) or give a folder made with save_pretrained"
+    else:
+        hint = "no such folder"
+    raise ValueError(
+        f"model '{model_name}': {option} '{source}' is neither a folder nor a hub id in the local "
+        f"Hugging Face cache ({hint})"
+    )
+
+
 def _pipeline_class_name(source: str) -> str | None:
     """The pipeline class from model_index.json, without loading anything (None when unknown)."""
     index: str | None = None
@@ -344,6 +366,8 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
     """
     parsed = parse_options(options)
     _require_extra(model_name)
+    for option in ("source", "inpaint_source"):
+        _check_source(model_name, option, getattr(parsed, option))
     torch, diffusers = _module("torch"), _module("diffusers")
     if parsed.scheduler is not None:
         cls = getattr(diffusers, parsed.scheduler, None)

@@ -13,11 +13,11 @@ from fastapi import Depends, FastAPI
 from limner import __version__
 from limner.engines.registry import EngineRegistry
 from limner.scheduler import Scheduler
-from limner.server import errors
-from limner.server.auth import require_key
+from limner.server import banner, errors, openapi
+from limner.server.auth import KeyGuard, require_key
 from limner.server.keys import KeyStore
 from limner.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from limner.server.routes import edits, files, generations, health, models, variations
+from limner.server.routes import docs, edits, files, generations, health, models, variations
 from limner.server.settings import Settings
 from limner.storage import ImageStore
 from limner.storage.files import load_secret
@@ -41,13 +41,21 @@ def create_app(settings: Settings) -> FastAPI:
     data_dir.mkdir(parents=True, exist_ok=True)
     registry = EngineRegistry(settings.models, sketch_concurrency=settings.sketch_concurrency)
     scheduler = Scheduler()
-    store = ImageStore(data_dir / "images", load_secret(data_dir / "secret.key"), settings.url_ttl_seconds)
+    secret = load_secret(data_dir / "secret.key", given=settings.secret)
+    store = ImageStore(data_dir / "images", secret, settings.url_ttl_seconds)
+    key_guard = KeyGuard(KeyStore(data_dir / "keys.sqlite3"), settings.auth)
+    # Keys that are needed but cannot be read stop the server here (KeyDatabaseError names the file).
+    startup_hashes = key_guard.check_at_startup()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for engine in registry.engines.values():
             if getattr(engine, "load_at_startup", False):
                 await asyncio.to_thread(engine.load)
+        for line in banner.startup_lines(settings, registry, startup_hashes):
+            log.info("%s", line)
+        for warning in banner.startup_warnings(settings, startup_hashes):
+            log.warning("%s", warning)
         sweeper = asyncio.create_task(_sweep_forever(store, settings.sweep_interval_seconds))
         try:
             yield
@@ -61,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lookup = registry.lookup(settings.defaults)
     app.state.scheduler = scheduler
     app.state.store = store
-    app.state.keys = KeyStore(data_dir / "keys.sqlite3")
+    app.state.key_guard = key_guard
     app.state.started = int(time.time())
 
     errors.install(app)
@@ -70,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(files.router)
     app.include_router(health.router)
+    docs.install(app)
+    openapi.install(app)
 
     # Outermost first: ids and timing on every response, the 413 included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

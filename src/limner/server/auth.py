@@ -1,19 +1,90 @@
-"""Bearer-key auth for /v1: open while no key exists; once one does, every call needs a valid key."""
+"""Bearer-key auth for /v1, failing closed.
+
+The mode is explicit: `auth = "keys"` or `"none"` (config or `--auth`). Unset, it follows the data dir:
+keys are required once any key has ever been created there (limner.server.keys records that), so
+revoking every key, or deleting the database, closes the server rather than opening it.
+
+Key look-ups never run on the event loop: the active hashes are cached for a second and refreshed in a
+worker thread, one refresh at a time, so a database locked by another process delays only the calls
+that need a key (then a 503), never /health or streams already running.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
 
 from fastapi import Request
 
-from limner.errors import AuthenticationFailed
-from limner.server.keys import KeyStore
+from limner.errors import AuthenticationFailed, ServiceUnavailable
+from limner.server.keys import KeyDatabaseError, KeyStore
+
+log = logging.getLogger("limner.server")
+
+AuthMode = Literal["keys", "none"]
+
+UNAVAILABLE = (
+    "Authentication is unavailable: the server cannot read its key database. Please retry later; if "
+    "this persists, tell the server's operator."
+)
+
+
+class KeyGuard:
+    """Decides, per request, whether a key is needed and which hashes are in force."""
+
+    def __init__(self, store: KeyStore, mode: AuthMode | None, *, ttl: float = 1.0) -> None:
+        self.store = store
+        self.mode = mode
+        self.ttl = ttl
+        self._cached: tuple[float, Sequence[str] | None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> Sequence[str] | None:
+        if self.mode == "none":
+            return None
+        hashes = self.store.snapshot()
+        if hashes is None and self.mode == "keys":
+            return ()  # keys required but none exist: every call is refused
+        return hashes
+
+    def check_at_startup(self) -> Sequence[str] | None:
+        """Read the keys once, synchronously; KeyDatabaseError (naming the file) if they are needed and
+        cannot be read."""
+        result = self._read()
+        self._cached = (time.monotonic(), result)
+        return result
+
+    async def hashes(self) -> Sequence[str] | None:
+        """None: no key needed. Otherwise the active hashes. ServiceUnavailable if they cannot be read."""
+        if self.mode == "none":
+            return None
+        cached = self._cached
+        # An open data dir closes the moment a first key is created (the marker is one stat away);
+        # otherwise a look-up is at most `ttl` old (a revocation takes effect within it).
+        fresh = cached is not None and time.monotonic() - cached[0] < self.ttl
+        if fresh and cached is not None and not (cached[1] is None and self.store.required()):
+            return cached[1]
+        async with self._lock:
+            if self._cached is not None and self._cached is not cached:
+                return self._cached[1]  # another request refreshed it while this one waited
+            try:
+                result = await asyncio.to_thread(self._read)
+            except KeyDatabaseError as exc:
+                self._cached = None
+                log.error("refusing /v1 calls: %s", exc)
+                raise ServiceUnavailable(UNAVAILABLE) from None
+            self._cached = (time.monotonic(), result)
+            return result
 
 
 async def require_key(request: Request) -> None:
-    keys: KeyStore = request.app.state.keys
-    hashes = keys.active_hashes()
-    if not hashes:
+    guard: KeyGuard = request.app.state.key_guard
+    hashes = await guard.hashes()
+    if hashes is None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")

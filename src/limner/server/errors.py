@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from limner.errors import InvalidRequest, JobCancelled, LimnerError, UnknownParameter
 
@@ -20,6 +21,15 @@ SERVER_ERROR_MESSAGE = (
     "The server had an error while processing your request. Sorry about that! "
     "You can retry your request; the request id is in the x-request-id header."
 )
+
+
+def for_log(text: str | None, cap: int = 200) -> str:
+    """A client string as a log line may hold it: escaped (a newline cannot forge a line, a lone
+    surrogate cannot fail the handler) and capped (a 1 MB `user` is not a 1 MB line)."""
+    if text is None:
+        return "-"
+    shown = repr(text[:cap])[1:-1]
+    return shown if len(text) <= cap else f"{shown}...(+{len(text) - cap} chars)"
 
 
 def envelope(
@@ -65,6 +75,20 @@ _TYPE_NAMES = {
 }
 
 
+def _shown(value: Any, cap: int = 80) -> str:
+    """A client value as an error message shows it: repr'd (escaped) and capped."""
+    text = repr(value)
+    return text if len(text) <= cap else text[:cap] + f"... ({len(text)} characters)"
+
+
+def _described(value: Any) -> str:
+    from limner.server.parsing import HugeNumber  # parsing imports this module
+
+    if isinstance(value, HugeNumber):
+        return f"an integer of {value.digits} digits"
+    return f"{type(value).__name__} {_shown(value)}"
+
+
 def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
     """The first pydantic error as an OpenAI-style 400 naming its param."""
     err = errors[0]
@@ -80,7 +104,7 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
     if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         return InvalidRequest(
-            f"Invalid value: {err.get('input')!r}. Supported values are: {expected}.",
+            f"Invalid value: {_shown(err.get('input'))}. Supported values are: {expected}.",
             param=param,
             code="invalid_value",
         )
@@ -91,8 +115,8 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
                 name = "model"
             wanted = _TYPE_NAMES.get(name, name)
             return InvalidRequest(
-                f"Invalid type for '{param}': expected {wanted}, but got {type(err.get('input')).__name__} "
-                f"{err.get('input')!r} instead.",
+                f"Invalid type for '{param}': expected {wanted}, but got {_described(err.get('input'))} "
+                "instead.",
                 param=param,
                 code="invalid_type",
             )
@@ -105,7 +129,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LimnerError)
     async def _limner(request: Request, exc: LimnerError) -> JSONResponse:
         if exc.status_code >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+            log.error("%s %s failed: %s", request.method, request.url.path, for_log(exc.message, 500))
         return render(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -133,6 +157,16 @@ def install(app: FastAPI) -> None:
         return envelope(
             exc.status_code, str(exc.detail), type="invalid_request_error", headers=dict(exc.headers or {})
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _left(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away while sending its body: one line, no traceback; nobody reads the answer.
+        log.info(
+            "%s %s: the client disconnected before sending its whole body",
+            getattr(request.state, "request_id", "-"),
+            request.url.path,
+        )
+        return envelope(499, "The client closed the request.", type="invalid_request_error")
 
     @app.exception_handler(JobCancelled)
     async def _cancelled(request: Request, exc: JobCancelled) -> JSONResponse:

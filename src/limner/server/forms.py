@@ -27,6 +27,7 @@ class _CappedParser(MultiPartParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_file_bytes = max_file_bytes
         self.oversized: str | None = None
+        self.long_field: str | None = None
         self._file_bytes = 0
 
     def on_part_begin(self) -> None:
@@ -34,7 +35,13 @@ class _CappedParser(MultiPartParser):
         self._file_bytes = 0
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current_part.file is not None:
+        if self._current_part.file is None:
+            if len(self._current_part.data) + end - start > self.max_part_size:
+                # Starlette raises here with no field name; note the field and drop its bytes, so that
+                # the error names it and the client still reads a clean 400.
+                self.long_field = self.long_field or self._current_part.field_name
+                return
+        else:
             self._file_bytes += end - start
             if self._file_bytes > self.max_file_bytes:
                 self.oversized = self.oversized or self._current_part.field_name
@@ -65,6 +72,12 @@ async def read_form(request: Request, *, max_file_bytes: int, max_files: int, ma
     try:
         data = await parser.parse()
     except MultiPartException as exc:
+        if str(exc).startswith("Too many files"):
+            raise InvalidImage(
+                f"Too many files: at most {max_files} may be sent ({max_files - 1} images and a mask "
+                "for edits).",
+                param="image",
+            ) from None
         raise InvalidRequest(f"Invalid multipart body: {exc}") from None
     form = Form()
     for name, value in data.multi_items():
@@ -75,6 +88,13 @@ async def read_form(request: Request, *, max_file_bytes: int, max_files: int, ma
             raise InvalidRequest(f"The field '{name}' was sent more than once.", param=name)
         else:
             form.fields[name] = value
+    if parser.long_field:
+        form.close()
+        raise InvalidRequest(
+            f"Invalid '{parser.long_field}': the field is too long (the limit is {MAX_FIELD_BYTES // 1024} KB).",
+            param=_public_param(parser.long_field),
+            code="string_above_max_length",
+        )
     if parser.oversized:
         form.close()
         mib = max_file_bytes / (1024 * 1024)

@@ -2,6 +2,12 @@
 
 Keys are 256-bit random tokens, so a plain SHA-256 is the right hash (no password stretching needed):
 the database alone never reveals a usable key.
+
+Failing closed: creating the first key also writes a marker file beside the database
+(``auth-required``). From then on the data dir requires keys, whatever happens to the database: with
+every key revoked the server answers 401, and a missing, emptied or corrupt database is an error
+(503 while serving, a one-line message at start-up), never an open server. The database is opened
+read-write without create, so a deleted file is never silently replaced by an empty one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -26,6 +33,14 @@ CREATE TABLE IF NOT EXISTS keys (
     revoked_at INTEGER
 )
 """
+
+#: The marker that records "this data dir requires keys" (written with the first key).
+MARKER_NAME = "auth-required"
+
+
+class KeyDatabaseError(Exception):
+    """The key database cannot be used (missing, corrupt, locked, unreadable, full). The message names
+    the file and says why, for the operator; clients only ever see a generic 503."""
 
 
 @dataclass(frozen=True)
@@ -42,20 +57,48 @@ def _hash(key: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        self.timeout = timeout
+
+    @property
+    def marker(self) -> Path:
+        return self.path.with_name(MARKER_NAME)
+
+    def required(self) -> bool:
+        """Whether keys have ever been created in this data dir (so the server must ask for one)."""
+        return self.marker.exists()
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
+    def _connect(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        mode = "rwc" if create else "rw"
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=self.timeout)
+        except (sqlite3.Error, OSError) as exc:
+            raise KeyDatabaseError(f"cannot open the key database {self.path}: {exc}") from exc
         try:
             with db:
+                if create:
+                    db.execute(_SCHEMA)
                 yield db
+        except sqlite3.Error as exc:
+            raise KeyDatabaseError(f"the key database {self.path} cannot be used: {exc}") from exc
         finally:
             db.close()
+
+    def _mark_required(self) -> None:
+        """Write the marker atomically (a full disk leaves no half-written file)."""
+        if self.marker.exists():
+            return
+        tmp = self.marker.with_name(f".{MARKER_NAME}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_text("keys\n")
+            tmp.replace(self.marker)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KeyDatabaseError(f"cannot write {self.marker}: {exc}") from exc
 
     def create(self, name: str = "default") -> tuple[KeyRecord, str]:
         """A new key: its record and the secret itself (shown once, never stored)."""
@@ -63,7 +106,9 @@ class KeyStore:
         record = KeyRecord(
             "key_" + secrets.token_hex(8), name, secret[:8] + "..." + secret[-4:], int(time.time()), None
         )
-        with self._connect() as db:
+        # The marker first: if the insert then fails, the server is closed, never open.
+        self._mark_required()
+        with self._connect(create=True) as db:
             db.execute(
                 "INSERT INTO keys (id, name, hint, hash, created_at) VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.name, record.hint, _hash(secret), record.created_at),
@@ -71,6 +116,8 @@ class KeyStore:
         return record, secret
 
     def list(self) -> list[KeyRecord]:
+        if not self.path.exists() and not self.required():
+            return []
         with self._connect() as db:
             rows = db.execute(
                 "SELECT id, name, hint, created_at, revoked_at FROM keys ORDER BY created_at, id"
@@ -78,6 +125,8 @@ class KeyStore:
         return [KeyRecord(*row) for row in rows]
 
     def revoke(self, key_id: str) -> bool:
+        if not self.path.exists() and not self.required():
+            return False
         with self._connect() as db:
             cur = db.execute(
                 "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -86,12 +135,22 @@ class KeyStore:
         return cur.rowcount > 0
 
     def active_hashes(self) -> Sequence[str]:
-        """The hashes of the keys in force: one query serves both "is the server open?" and the check."""
+        """The hashes of the keys in force. Raises KeyDatabaseError when the database is unusable."""
         with self._connect() as db:
             return [row[0] for row in db.execute("SELECT hash FROM keys WHERE revoked_at IS NULL")]
 
-    def has_active_keys(self) -> bool:
-        return bool(self.active_hashes())
+    def snapshot(self) -> Sequence[str] | None:
+        """What the server needs per request: None when this data dir requires no key, else the active
+        hashes (possibly none: then every call is refused). Databases from before the marker existed
+        count as requiring keys as soon as they hold a key, revoked or not."""
+        if not self.required():
+            if not self.path.exists():
+                return None
+            with self._connect() as db:
+                if not db.execute("SELECT 1 FROM keys LIMIT 1").fetchone():
+                    return None
+            self._mark_required()
+        return self.active_hashes()
 
     @staticmethod
     def matches(key: str, hashes: Sequence[str]) -> bool:

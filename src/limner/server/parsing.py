@@ -23,15 +23,101 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+class HugeNumber:
+    """A JSON integer too long to convert (Python refuses ints over 4300 digits): kept as a marker so
+    that validation names the field it was sent in, instead of the parser failing the whole body."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"  # what an enum error message shows
+
+
+def _parse_int(text: str) -> int | HugeNumber:
+    try:
+        return int(text)
+    except ValueError:
+        return HugeNumber(len(text))
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     body = await request.body()
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_parse_int)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidRequest(JSON_HINT) from None
+    except RecursionError:
+        field = _deep_field(body)
+        raise InvalidRequest(
+            f"The JSON body nests too deeply{f' in {field!r}' if field else ''}.", param=field
+        ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    check_text(data)
     return data
+
+
+def check_text(value: Any, param: str | None = None) -> None:
+    """Refuse strings that are not valid Unicode (a lone surrogate such as "\\ud800" is valid JSON but
+    cannot be encoded to UTF-8: left in, it fails later, in a log line or a response, as a 500)."""
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise InvalidRequest(
+                f"Invalid value for '{param}': the string is not valid Unicode (it holds a lone surrogate).",
+                param=param,
+                code="invalid_value",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = key if param is None else f"{param}.{key}"
+            if not _encodable(key):
+                safe = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                raise InvalidRequest(
+                    f"Invalid parameter name {safe!r}: it is not valid Unicode.",
+                    param=safe,
+                    code="invalid_value",
+                )
+            check_text(item, name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_text(item, f"{param}[{index}]")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _deep_field(body: bytes, limit: int = 256) -> str | None:
+    """The top-level key under which a JSON body nests past `limit` levels (only scanned after the
+    parser gave up, so the cost is paid by that request alone)."""
+    depth, in_string, escaped, key, last_string = 0, False, False, None, None
+    start = 0
+    for index, byte in enumerate(body):
+        char = chr(byte)
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+                last_string = body[start:index].decode("utf-8", "replace")
+        elif char == '"':
+            in_string, start = True, index + 1
+        elif char == ":" and depth == 1:
+            key = last_string
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return key
+        elif char in "]}":
+            depth -= 1
+    return key
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:

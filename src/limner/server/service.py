@@ -21,7 +21,7 @@ from limner.engines.base import Engine
 from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
 from limner.errors import JobCancelled, LimnerError
 from limner.scheduler import EngineQueue, wait_cancelling
-from limner.server.errors import SERVER_ERROR_MESSAGE, log
+from limner.server.errors import SERVER_ERROR_MESSAGE, for_log, log
 from limner.server.links import base_url
 from limner.storage import ImageStore
 
@@ -266,7 +266,7 @@ def prepare(
         resolved.profile.name,
         resolved.n,
         resolved.size,
-        resolved.user or "-",
+        for_log(resolved.user),
     )
     served, engine = state.registry.engine_for(resolved.profile.name)
     queue = state.scheduler.queue(served.engine_key, served.concurrency, served.max_queue)

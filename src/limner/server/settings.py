@@ -8,6 +8,8 @@ The config file (``limner serve --config limner.toml``)::
     max_request_bytes = 104857600                # whole request body
     max_upload_bytes = 52428800                  # one uploaded file
     allow_private_image_urls = false             # JSON edits: fetch image_url from private addresses
+    auth = "keys"                                # or "none"; unset: keys once any key was ever created
+    secret = "..."                               # link-signing secret, >= 32 bytes ($LIMNER_SECRET wins)
     image_url_timeout = 10.0
     image_url_max_bytes = 20971520
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,6 +99,12 @@ class Settings(BaseModel):
     allow_private_image_urls: bool = False
     image_url_timeout: float = 10.0
     image_url_max_bytes: int = 20 * 1024 * 1024
+    #: "keys": every /v1 call needs a key; "none": open. None: keys once any key was ever created in
+    #: the data dir (recorded there, so revoking every key closes the server instead of opening it).
+    auth: Literal["keys", "none"] | None = None
+    #: The link-signing secret (>= 32 bytes), shared by servers that serve each other's links.
+    #: Default: $LIMNER_SECRET, else a random one kept in the data dir.
+    secret: str | None = Field(default=None, repr=False)
     sketch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
@@ -108,6 +116,8 @@ class Settings(BaseModel):
         if config is not None:
             with open(config, "rb") as f:
                 data = tomllib.load(f)
+        if os.environ.get("LIMNER_SECRET"):
+            data["secret"] = os.environ["LIMNER_SECRET"]
         for key, value in overrides.items():
             if value is None:
                 continue

@@ -8,8 +8,10 @@ and cannot be forged or extended.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -17,6 +19,9 @@ import time
 from pathlib import Path
 
 from limner import imaging
+from limner.errors import StorageUnavailable
+
+log = logging.getLogger("limner.storage")
 
 _NAME_RE = re.compile(r"^(\d{1,12})_([A-Za-z0-9_-]{16,64})\.(png|jpg|webp)$")
 _FORMAT_OF_EXTENSION = {"png": "png", "jpg": "jpeg", "webp": "webp"}
@@ -28,17 +33,65 @@ class LinkError(Exception):
         self.status_code = status_code
 
 
-def load_secret(path: Path) -> bytes:
-    """The server's signing secret, created once with 32 random bytes and kept private."""
+#: The shortest signing secret accepted: 256 bits, as the HMAC-SHA256 key it is.
+MIN_SECRET_BYTES = 32
+
+
+class SecretError(Exception):
+    """The signing secret is unusable (too short, unreadable, unwritable): the server must not start."""
+
+
+def load_secret(path: Path, *, given: str | None = None) -> bytes:
+    """The secret that signs image links.
+
+    `given` (from LIMNER_SECRET or the config) wins: servers that share links must share it. Otherwise
+    the file under the data dir, created once with 32 random bytes, mode 0600, written atomically (a
+    full disk leaves no empty file behind). A secret under 32 bytes is refused, never used.
+    """
+    if given is not None:
+        secret = given.encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SecretError(
+                f"the link-signing secret (LIMNER_SECRET or `secret` in the config) is {len(secret)} bytes; "
+                f"it must be at least {MIN_SECRET_BYTES} (try: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
+        return secret
     try:
-        return path.read_bytes()
+        secret = path.read_bytes()
     except FileNotFoundError:
+        return _create_secret(path)
+    except OSError as exc:
+        raise SecretError(f"cannot read the link-signing secret {path}: {exc.strerror or exc}") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SecretError(
+            f"the link-signing secret {path} is {len(secret)} bytes, under {MIN_SECRET_BYTES}: it was "
+            "truncated or replaced. Delete it to make a new one (links already given out stop working), "
+            "or restore it."
+        )
+    return secret
+
+
+def _create_secret(path: Path) -> bytes:
+    secret = secrets.token_bytes(MIN_SECRET_BYTES)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secret)
-        return secret
+            f.flush()
+            os.fsync(f.fileno())
+        # link, not rename: if another process made the secret meanwhile, keep theirs.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_secret(path)
+    except OSError as exc:
+        raise SecretError(f"cannot write the link-signing secret {path}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return secret
 
 
 class ImageStore:
@@ -57,14 +110,23 @@ class ImageStore:
         expires = int((now if now is not None else time.time()) + self.ttl_seconds)
         name = f"{expires}_{secrets.token_urlsafe(18)}.{imaging.extension_for(fmt)}"
         tmp = self.directory / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(self.directory / name)  # atomic: a reader never sees half a file
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(self.directory / name)  # atomic: a reader never sees half a file
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            log.error("cannot store an image in %s: %s", self.directory, exc)
+            raise StorageUnavailable(
+                "Image storage is unavailable, so this server cannot answer with a url right now. "
+                "Retry later, or ask for response_format 'b64_json'."
+            ) from None
         return f"/files/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
     def resolve(self, name: str, expires: str, sig: str, *, now: float | None = None) -> Path:
         """The file a link points at, or LinkError (403 forged, 410 expired, 404 gone)."""
         m = _NAME_RE.match(name)
-        if not m or not expires.isdigit() or m.group(1) != expires:
+        if not m or not expires.isdigit() or m.group(1) != expires or not sig.isascii():
             raise LinkError("This link is not valid.", 403)
         if not hmac.compare_digest(self._sign(name, int(expires)), sig):
             raise LinkError("This link's signature is not valid.", 403)

@@ -56,12 +56,16 @@ async def _edit(
     profile: rules.ModelProfile,
     sources: list[Any],
     mask_source: Any,
+    *,
+    image_param: str = "image",
 ) -> Response:
     uploads.check_count(profile, len(sources))
     rules.check_prompt(profile, req.prompt)  # cheap checks before any image is decoded
     max_pixels = request.app.state.settings.max_input_pixels
+    # JSON edits name the failing item (`images[1]`), as the body does; multipart names the field.
     images: list[Image.Image] = [
-        await uploads.decode(src, param="image", profile=profile, max_pixels=max_pixels) for src in sources
+        await uploads.decode(src, param=image_param.format(index=i), profile=profile, max_pixels=max_pixels)
+        for i, src in enumerate(sources)
     ]
     mask = await uploads.edit_mask(profile, images, mask_source, max_pixels=max_pixels)
     resolved = rules.resolve_edit(request.app.state.lookup, req, input_size=images[0].size)
@@ -91,7 +95,7 @@ async def _json_edit(request: Request) -> Response:
     uploads.check_count(profile, len(req.images))
     sources = [await _fetch(request, ref, f"images[{i}]") for i, ref in enumerate(req.images)]
     mask = await _fetch(request, req.mask, "mask") if req.mask is not None else None
-    return await _edit(request, req, profile, sources, mask)
+    return await _edit(request, req, profile, sources, mask, image_param="images[{index}]")
 
 
 async def _fetch(request: Request, ref: ImageRef, param: str) -> bytes:

@@ -11,7 +11,8 @@ from limner.storage import ImageStore, LinkError
 router = APIRouter()
 
 
-@router.get("/files/{name}")
+@router.get("/files/{name}", operation_id="getImageFile")
+@router.head("/files/{name}", operation_id="headImageFile")
 async def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> Response:
     store: ImageStore = request.app.state.store
     try:

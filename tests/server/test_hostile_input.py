@@ -1,0 +1,196 @@
+"""Client input never causes a 500, every error names the right param, and the log tells no lies."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from limner.server.banner import startup_warnings
+from limner.server.settings import Settings
+from tests.support.images import gradient, png_bytes
+from tests.support.inprocess import app_client
+
+GENERATIONS = "/v1/images/generations"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
+    async with app_client(Settings(data_dir=tmp_path)) as c:
+        yield c
+
+
+async def raw_json(client: httpx2.AsyncClient, text: str) -> httpx2.Response:
+    return await client.post(GENERATIONS, content=text.encode(), headers={"content-type": "application/json"})
+
+
+def assert_400(response: httpx2.Response, param: str | None) -> dict[str, Any]:
+    assert response.status_code == 400, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    return error
+
+
+@pytest.mark.parametrize("field", ["n", "seed", "output_compression", "guidance_scale"])
+async def test_an_integer_of_5000_digits_names_its_field(client: httpx2.AsyncClient, field: str) -> None:
+    response = await raw_json(client, f'{{"model": "gpt-image-1", "prompt": "x", "{field}": {"9" * 5000}}}')
+    error = assert_400(response, field)
+    assert len(error["message"]) < 300
+
+
+async def test_json_nested_100000_deep_names_its_field(client: httpx2.AsyncClient) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert_400(await raw_json(client, f'{{"model": "gpt-image-1", "prompt": {deep}}}'), "prompt")
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt", "model", "user"])
+async def test_a_lone_surrogate_names_its_field(client: httpx2.AsyncClient, field: str) -> None:
+    body = '{"prompt": "x", "' + field + '": "a \\ud800 b"}'
+    if field == "prompt":
+        body = '{"prompt": "a \\ud800 b"}'
+    assert_400(await raw_json(client, body), field)
+
+
+async def test_a_lone_surrogate_in_a_field_name(client: httpx2.AsyncClient) -> None:
+    error = assert_400(await raw_json(client, '{"prompt": "x", "a\\udc00": 1}'), "a\\udc00")
+    assert "not valid Unicode" in error["message"]
+
+
+async def test_a_non_ascii_signature_is_a_403(client: httpx2.AsyncClient) -> None:
+    body = {"model": "dall-e-2", "prompt": "x", "size": "256x256"}
+    url = (await client.post(GENERATIONS, json=body)).json()["data"][0]["url"]
+    path = url.removeprefix("http://testserver").split("&sig=")[0]
+    response = await client.get(path + "&sig=%C3%A9%C3%A9")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "invalid_link"
+
+
+async def test_head_on_a_link_answers_like_get_without_the_body(client: httpx2.AsyncClient) -> None:
+    body = {"model": "dall-e-2", "prompt": "x", "size": "256x256"}
+    path = (
+        (await client.post(GENERATIONS, json=body)).json()["data"][0]["url"].removeprefix("http://testserver")
+    )
+    got, head = await client.get(path), await client.head(path)
+    assert head.status_code == got.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "cache-control"):
+        assert head.headers[name] == got.headers[name]
+
+
+async def test_json_edit_image_failures_name_the_item(client: httpx2.AsyncClient) -> None:
+    good = "data:image/png;base64," + base64.b64encode(png_bytes(gradient(64, 64))).decode()
+    bad = "data:image/png;base64," + base64.b64encode(b"not a png at all").decode()
+    body = {"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": good}, {"image_url": bad}]}
+    assert_400(await client.post("/v1/images/edits", json=body), "images[1]")
+
+
+async def test_an_oversize_multipart_prompt_names_prompt(client: httpx2.AsyncClient) -> None:
+    files = {"image": ("a.png", png_bytes(gradient(64, 64)), "image/png")}
+    response = await client.post(
+        "/v1/images/edits", data={"model": "gpt-image-1", "prompt": "p" * 300_000}, files=files
+    )
+    assert_400(response, "prompt")
+
+
+@pytest.mark.parametrize("count", [17, 18, 30])
+async def test_too_many_images_name_image(client: httpx2.AsyncClient, count: int) -> None:
+    image = png_bytes(gradient(16, 16))
+    files = [("image[]", (f"{i}.png", image, "image/png")) for i in range(count)]
+    response = await client.post(
+        "/v1/images/edits", data={"model": "gpt-image-1", "prompt": "x"}, files=files
+    )
+    assert_400(response, "image")
+
+
+async def test_client_strings_reach_the_log_escaped_and_capped(
+    client: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="limner")
+    forged = "alice\nINFO limner.server: req_forged generate model=admin"
+    for user in (forged, "u" * 1_000_000):
+        body = {"model": "gpt-image-1", "prompt": "x", "quality": "low", "size": "1024x1024", "user": user}
+        assert (await client.post(GENERATIONS, json=body)).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if "user=" in r.getMessage()]
+    assert len(lines) == 2
+    assert "\n" not in lines[0] and "alice\\nINFO" in lines[0]
+    assert len(lines[1]) < 1000 and "(+999800 chars)" in lines[1]
+
+
+async def test_a_client_that_leaves_mid_body_logs_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ASGI app called as uvicorn calls it, with the client gone after the first chunk."""
+    from limner.server.app import create_app
+
+    caplog.set_level(logging.INFO)
+    app = create_app(Settings(data_dir=tmp_path))
+    messages = [
+        {"type": "http.request", "body": b'{"prompt": "a', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": GENERATIONS,
+        "raw_path": GENERATIONS.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "scheme": "http",
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    records = [r for r in caplog.records if r.name.startswith(("limner", "uvicorn"))]
+    assert [r.levelno for r in records] == [logging.INFO], [r.getMessage() for r in records]
+    assert "disconnected" in records[0].getMessage() and records[0].exc_info is None
+
+
+async def test_storage_that_fails_is_a_507_and_b64_keeps_working(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        images = tmp_path / "images"
+        for child in images.iterdir():
+            child.unlink()
+        images.rmdir()
+        images.write_text("a file where the image folder was: every write in it fails")
+        body = {"model": "dall-e-2", "prompt": "x", "size": "256x256"}
+        response = await client.post(GENERATIONS, json=body)
+        assert response.status_code == 507
+        error = response.json()["error"]
+        assert error["code"] == "storage_unavailable" and str(tmp_path) not in error["message"]
+        ok = await client.post(GENERATIONS, json={**body, "response_format": "b64_json"})
+        assert ok.status_code == 200
+
+
+async def test_a_failed_store_leaves_no_temporary_file(
+    client: httpx2.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: Path, target: Any) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", disk_full)
+    response = await client.post(GENERATIONS, json={"model": "dall-e-2", "prompt": "x", "size": "256x256"})
+    assert response.status_code == 507
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_start_up_warns_when_the_data_dir_is_not_writable(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "missing")
+    assert any("not writable" in w for w in startup_warnings(settings, None))
+    (tmp_path / "ok" / "images").mkdir(parents=True)
+    assert os.access(tmp_path / "ok" / "images", os.W_OK)
+    assert not any("not writable" in w for w in startup_warnings(Settings(data_dir=tmp_path / "ok"), None))
