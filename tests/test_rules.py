@@ -14,6 +14,7 @@ from limner.types import (
     CreateImageVariationRequest,
     EditImageJsonRequest,
 )
+from tests.support.generated import RUBY_CREATE_IMAGE
 
 LOOKUP = rules.ProfileLookup(dict(rules.OPENAI_PROFILES))
 
@@ -366,20 +367,8 @@ def test_local_profile_takes_gpt_fields_and_both_formats() -> None:
 
 # -- the spec's default values are no-ops (contract section 10, revised) ------------------------------
 
-#: What openapi-generator's Ruby and Python clients send for CreateImageRequest.new(prompt: ...).
-GENERATED_DEFAULTS: dict[str, Any] = {
-    "background": "auto",
-    "moderation": "auto",
-    "n": 1,
-    "output_compression": 100,
-    "output_format": "png",
-    "partial_images": 0,
-    "quality": "auto",
-    "response_format": "url",
-    "size": "auto",
-    "stream": False,
-    "style": "vivid",
-}
+#: What openapi-generator's Ruby and Python clients send, less the prompt.
+GENERATED_DEFAULTS: dict[str, Any] = {k: v for k, v in RUBY_CREATE_IMAGE.items() if k != "prompt"}
 
 
 def test_spec_defaults_are_the_published_ones() -> None:

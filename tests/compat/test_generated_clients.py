@@ -15,24 +15,9 @@ import pytest
 from PIL import Image
 
 from tests.support import schema
+from tests.support.generated import RUBY_CREATE_IMAGE
 from tests.support.images import decode_b64, gradient, half_mask, png_bytes
 from tests.support.server import RunningServer
-
-#: `CreateImageRequest.new({prompt: 'A cute baby sea otter'})` in the Ruby seed, as sent.
-RUBY_CREATE_IMAGE: dict[str, Any] = {
-    "prompt": "A cute baby sea otter",
-    "background": "auto",
-    "moderation": "auto",
-    "n": 1,
-    "output_compression": 100,
-    "output_format": "png",
-    "partial_images": 0,
-    "quality": "auto",
-    "response_format": "url",
-    "size": "auto",
-    "stream": False,
-    "style": "vivid",
-}
 
 #: The text parts of a generated client's CreateImageEditRequest (every spec default filled in).
 GENERATED_EDIT_FIELDS: dict[str, str] = {
