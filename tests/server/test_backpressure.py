@@ -16,18 +16,19 @@ GENERATIONS = "/v1/images/generations"
 
 async def test_a_full_queue_answers_429_with_a_measured_retry_after(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, models={"slow": ModelConfig(engine="sketch", concurrency=1, max_queue=0)}
+        data_dir=tmp_path, sketch_concurrency=1, models={"slow": ModelConfig(engine="sketch", max_queue=0)}
     )
     async with app_client(settings) as client:
         small = {"model": "slow", "prompt": "x", "size": "64x64", "response_format": "b64_json"}
         for _ in range(3):  # measured: each takes milliseconds
             assert (await client.post(GENERATIONS, json=small)).status_code == 200
-        queue = client.app.state.scheduler.queues["sketch"]  # type: ignore[attr-defined]
-        assert queue.seconds_per_job is not None and queue.seconds_per_job < 1.0
+        scheduler = client.app.state.scheduler  # type: ignore[attr-defined]
+        lane = scheduler.lanes["sketch"]
+        assert lane.stat("slow").batch_seconds_avg < 1.0
         big = {**small, "size": "2048x2048", "n": 10, "quality": "high"}
         running = asyncio.ensure_future(client.post(GENERATIONS, json=big))
-        for _ in range(2000):
-            if queue.pending:
+        for _ in range(12000):
+            if scheduler.health()["slow"]["running"]:
                 break
             await asyncio.sleep(0.01)
         refused = await client.post(GENERATIONS, json=small)
@@ -39,14 +40,15 @@ async def test_a_full_queue_answers_429_with_a_measured_retry_after(tmp_path: Pa
         assert (await running).status_code == 200
 
 
-def test_retry_after_grows_with_the_queue_and_the_time_per_job() -> None:
-    from limner.scheduler import EngineQueue
+def test_retry_after_grows_with_the_queue_and_the_time_per_batch() -> None:
+    from limner.engines.sketch import SketchEngine
+    from limner.scheduler import Lane
 
-    queue = EngineQueue("q", concurrency=2, max_queue=8)
-    assert queue.retry_after(0) == 1  # nothing measured yet
-    queue.seconds_per_job = 3.0
-    assert queue.retry_after(0) == 2 and queue.retry_after(5) == 9
-    queue.shutdown()
+    lane = Lane("q", SketchEngine(), concurrency=2, max_batch=1)
+    assert lane.retry_after("m", 0) == 1  # nothing measured yet
+    lane.stat("m").batch_seconds_avg = 3.0
+    # One more job after `ahead` jobs, two workers, three seconds a batch of one job.
+    assert lane.retry_after("m", 0) == 3 and lane.retry_after("m", 1) == 3 and lane.retry_after("m", 5) == 9
 
 
 async def test_start_up_block(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

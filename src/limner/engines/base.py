@@ -1,18 +1,24 @@
-"""The Engine protocol: the one seam between the server and whatever draws the pictures."""
+"""The Engine protocol: the one seam between the server and whatever draws the pictures.
+
+Every member is real and called by the server: `check` before anything is queued or streamed,
+`batch_key` and `run_batch` by the scheduler's workers, `load` at start-up (or on first use) and
+`close` at shutdown. `EngineBase` gives the defaults an engine that does not batch needs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
+from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 
 
 @dataclass(frozen=True)
 class EngineInfo:
-    """What an engine can do, for the rule table and /v1/models."""
+    """What an engine can do, for the rule table, the scheduler and /v1/models."""
 
     name: str
     operations: frozenset[str] = frozenset({"generate", "edit", "vary"})
@@ -23,6 +29,8 @@ class EngineInfo:
     max_pixels: int = 3840 * 2160
     #: How many reference images edits use beyond the first (0: only the first is used).
     extra_reference_images: bool = True
+    #: The most images one engine run may hold (the scheduler fills batches up to it).
+    max_batch: int = 1
     extras: dict[str, str] = field(default_factory=dict)
 
 
@@ -39,19 +47,77 @@ class Engine(Protocol):
     @property
     def info(self) -> EngineInfo: ...
 
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def load_at_startup(self) -> bool:
+        """Whether the server loads this engine before it starts serving."""
+        ...
+
     def load(self) -> None:
         """Make the engine ready (load weights). Idempotent; may be slow."""
         ...
 
-    @property
-    def loaded(self) -> bool: ...
+    def close(self) -> None:
+        """Release what load() took (weights, device memory). The engine is not used afterwards."""
+        ...
 
-    # Optional: `def check(self, job) -> None` raising limner.errors.InvalidRequest for a job the
-    # engine cannot do (a size the model cannot make). The server calls it before queueing the job,
-    # so such a request is a plain 400, never a failure in the middle of a stream.
+    def check(self, job: Job) -> None:
+        """Raise limner.errors.InvalidRequest for a job this engine cannot do (a size the model cannot
+        make): the server calls it before queueing, so the client gets a plain 400, never a failure in
+        the middle of a stream."""
+        ...
+
+    def batch_key(self, job: Job) -> Hashable | None:
+        """Jobs with equal keys may share one engine run; None: this job always runs alone."""
+        ...
+
+    def run_batch(self, jobs: Sequence[Job], contexts: Sequence[JobContext]) -> list[list[Image.Image]]:
+        """Run jobs (of one batch key) at once; return each job's own images, in order. A job whose
+        context is cancelled may be dropped (its entry is then empty); when every job is cancelled the
+        run stops and raises limner.errors.JobCancelled."""
+        ...
 
     def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]: ...
 
     def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]: ...
 
     def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]: ...
+
+
+class EngineBase:
+    """Defaults for an engine that needs no loading, checks nothing beyond its operations' own
+    checks, and runs each job alone."""
+
+    @property
+    def load_at_startup(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def check(self, job: Job) -> None:
+        """Nothing to refuse up front."""
+
+    def batch_key(self, job: Job) -> Hashable | None:
+        return None
+
+    def run_batch(self, jobs: Sequence[Job], contexts: Sequence[JobContext]) -> list[list[Image.Image]]:
+        return [self.run_one(job, ctx) for job, ctx in zip(jobs, contexts, strict=True)]
+
+    def run_one(self, job: Job, ctx: JobContext) -> list[Image.Image]:
+        if isinstance(job, GenerateJob):
+            return self.generate(job, ctx)
+        if isinstance(job, EditJob):
+            return self.edit(job, ctx)
+        return self.vary(job, ctx)
+
+    def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
+        raise NotImplementedError
+
+    def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]:
+        raise NotImplementedError
+
+    def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
+        raise NotImplementedError

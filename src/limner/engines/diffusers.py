@@ -57,16 +57,16 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from PIL import Image
 
-from limner.engines.base import EngineInfo
+from limner.engines.base import EngineBase, EngineInfo
 from limner.engines.diffusers_previews import PreviewDecoder, PreviewMode, preview_steps
-from limner.engines.jobs import Detail, EditJob, GenerateJob, JobContext, VaryJob, _JobBase
+from limner.engines.jobs import Detail, EditJob, GenerateJob, Job, JobContext, VaryJob, _JobBase
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 
 logger = logging.getLogger(__name__)
@@ -393,8 +393,8 @@ class _Loaded:
     inpaint_base: Any | None  # a dedicated inpainting checkpoint, when configured
 
 
-class DiffusersEngine:
-    """Draws with one diffusers model. Synchronous; the server runs one job at a time per engine."""
+class DiffusersEngine(EngineBase):
+    """Draws with one diffusers model. Synchronous; the scheduler runs `concurrency` batches at once."""
 
     def __init__(self, model_name: str, options: DiffusersOptions, *, device: str, dtype: Any) -> None:
         self.model_name = model_name
@@ -430,64 +430,104 @@ class DiffusersEngine:
                 # The real class is known now; a hub id not in the cache could not tell us before.
                 self._info = self._make_info(type(self._loaded.base).__name__)
 
+    def close(self) -> None:
+        """Drop the pipelines (and the device memory they hold)."""
+        with self._lock:
+            self._loaded = None
+        torch = _module("torch")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def check(self, job: Job) -> None:
+        """Everything that can be refused before the pipeline runs: operation, size, background,
+        the inputs of edits and variations, and (once loaded) the fields this pipeline cannot honour."""
+        self._check_inputs(job)
+        loaded = self._loaded
+        if loaded is not None:
+            self._plan(job, loaded)
+
+    def _check_inputs(self, job: Job) -> None:
+        operation = (
+            "generate" if isinstance(job, GenerateJob) else "edit" if isinstance(job, EditJob) else "vary"
+        )
+        self._check_job(job, operation)
+        if isinstance(job, EditJob):
+            if not job.images:
+                raise InvalidValue("An edit needs an image.", param="image")
+            if len(job.images) > 1:
+                raise InvalidValue(
+                    f"Model '{self.model_name}' edits one image and takes no reference images; "
+                    f"{len(job.images)} were sent. Send a single image.",
+                    param="image",
+                )
+            source = job.images[0]
+            if job.mask is not None and job.mask.size != source.size:
+                raise InvalidValue(
+                    f"The mask is {job.mask.size[0]}x{job.mask.size[1]} but the image is "
+                    f"{source.size[0]}x{source.size[1]}; they must be the same size.",
+                    param="mask",
+                )
+        if isinstance(job, VaryJob) and job.image is None:
+            raise InvalidValue("A variation needs an image.", param="image")
+        self._steps(job, self._strength(job))
+
+    def batch_key(self, job: Job) -> Hashable:
+        """Jobs that one pipeline call can run together: the same task, size, steps, guidance,
+        strength (the scheduler is fixed per model) and whether there is a negative prompt. Prompts,
+        inputs and seeds differ per image."""
+        strength = self._strength(job)
+        return (
+            self._task(job),
+            job.width,
+            job.height,
+            self._steps(job, strength),
+            self._guidance(job),
+            strength,
+            bool(job.negative_prompt),
+        )
+
     def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
-        self._check_job(job, "generate")
-        loaded = self._ready(ctx)
-        kwargs = self._text_kwargs(job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""), loaded.base)
-        kwargs.update(height=job.height, width=job.width)
-        return self._run(loaded, "text2image", job, ctx, kwargs, strength=None)
+        return self.run_batch([job], [ctx])[0]
 
     def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]:
-        self._check_job(job, "edit")
-        if not job.images:
-            raise InvalidValue("An edit needs an image.", param="image")
-        if len(job.images) > 1:
-            raise InvalidValue(
-                f"Model '{self.model_name}' edits one image and takes no reference images; "
-                f"{len(job.images)} were sent. Send a single image.",
-                param="image",
-            )
-        source = job.images[0]
-        if job.mask is not None and job.mask.size != source.size:
-            raise InvalidValue(
-                f"The mask is {job.mask.size[0]}x{job.mask.size[1]} but the image is "
-                f"{source.size[0]}x{source.size[1]}; they must be the same size.",
-                param="mask",
-            )
-        loaded = self._ready(ctx)
-        image = _fit(source.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
-        high = job.input_fidelity == "high"
-        if job.mask is None:
-            self._require_task(loaded, "image2image", "An edit without a mask", "mask")
-            kwargs = self._text_kwargs(job, job.prompt, loaded.base)
-            kwargs.update(image=image)
-            strength = self.options.strength["edit_high_fidelity" if high else "edit"]
-            return self._run(loaded, "image2image", job, ctx, kwargs, strength=strength)
-
-        if loaded.inpaint_base is None:
-            self._require_task(loaded, "inpaint", "A masked edit", "mask")
-        mask = _fit(job.mask.convert("L"), job.width, job.height, Image.Resampling.NEAREST)
-        kwargs = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
-        kwargs.update(image=image, mask_image=mask, height=job.height, width=job.width)
-        strength = self.options.strength["inpaint_high_fidelity" if high else "inpaint"]
-
-        def compose(drawn: Image.Image) -> Image.Image:
-            # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
-            # through the mask keeps every pixel outside it exactly as it came in, previews included.
-            return Image.composite(drawn, image, mask)
-
-        return self._run(loaded, "inpaint", job, ctx, kwargs, strength=strength, compose=compose)
+        return self.run_batch([job], [ctx])[0]
 
     def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
-        self._check_job(job, "vary")
-        if job.image is None:
-            raise InvalidValue("A variation needs an image.", param="image")
-        loaded = self._ready(ctx)
-        self._require_task(loaded, "image2image", "A variation", "model")
-        image = _fit(job.image.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
-        kwargs = self._text_kwargs(job, "", loaded.base)
-        kwargs.update(image=image)
-        return self._run(loaded, "image2image", job, ctx, kwargs, strength=self.options.strength["vary"])
+        return self.run_batch([job], [ctx])[0]
+
+    def run_batch(self, jobs: Sequence[Job], contexts: Sequence[JobContext]) -> list[list[Image.Image]]:
+        """Every image of every job, in pipeline calls of up to `max_batch` images: one prompt, one
+        input and one CPU generator (seed + i of its own job) per image, so each request gets exactly
+        its own images. A job whose client left is dropped (an empty list); a call whose jobs have all
+        left is interrupted; when every job has left, JobCancelled."""
+        for job in jobs:
+            self._check_inputs(job)
+        loaded = self._ready(next((c for c in contexts if not c.cancelled), contexts[0]))
+        plans = [self._plan(job, loaded) for job in jobs]
+        entries = [
+            _Entry(index, image, ctx, plan)
+            for index, (plan, ctx) in enumerate(zip(plans, contexts, strict=True))
+            for image in range(plan.job.n)
+        ]
+        # Previews stream image after image: a job that wants them and has several images runs one
+        # image per call (streams send one-image jobs, which batch freely).
+        single = any(c.partial_images > 0 and p.job.n > 1 for p, c in zip(plans, contexts, strict=True))
+        size = 1 if single else self.options.max_batch
+        results: list[list[Image.Image]] = [[] for _ in jobs]
+        for first in range(0, len(entries), size):
+            chunk = [e for e in entries[first : first + size] if not e.ctx.cancelled]
+            if not chunk:
+                continue
+            try:
+                images = self._call(loaded, chunk)
+            except JobCancelled:
+                continue  # everyone in this call left; later calls may still have someone waiting
+            for entry, image in zip(chunk, images, strict=True):
+                if not entry.ctx.cancelled:
+                    results[entry.job_index].append(image)
+        if all(c.cancelled for c in contexts):
+            raise JobCancelled()
+        return results
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -573,6 +613,7 @@ class DiffusersEngine:
             size_multiple=opts.size_multiple if sizes is None else 8,
             max_pixels=max(w * h for w, h in sizes) if sizes else self._max_pixels,
             extra_reference_images=False,
+            max_batch=opts.max_batch,
             extras={
                 "engine": "diffusers",
                 "source": opts.source,
@@ -705,88 +746,171 @@ class DiffusersEngine:
         view.set_progress_bar_config(disable=True)
         return view
 
-    def _run(
-        self,
-        loaded: _Loaded,
-        task: Task,
-        job: _JobBase,
-        ctx: JobContext,
-        kwargs: dict[str, Any],
-        *,
-        strength: float | None,
-        compose: Callable[[Image.Image], Image.Image] | None = None,
-    ) -> list[Image.Image]:
+    def _task(self, job: Job) -> Task:
+        if isinstance(job, GenerateJob):
+            return "text2image"
+        if isinstance(job, EditJob) and job.mask is not None:
+            return "inpaint"
+        return "image2image"
+
+    def _strength(self, job: Job) -> float | None:
+        high = getattr(job, "input_fidelity", "low") == "high"
+        task = self._task(job)
+        if task == "text2image":
+            return None
+        if isinstance(job, VaryJob):
+            return self.options.strength["vary"]
+        if task == "inpaint":
+            return self.options.strength["inpaint_high_fidelity" if high else "inpaint"]
+        return self.options.strength["edit_high_fidelity" if high else "edit"]
+
+    def _guidance(self, job: Job) -> float | None:
+        return job.guidance_scale if job.guidance_scale is not None else self.options.guidance[job.detail]
+
+    def _plan(self, job: Job, loaded: _Loaded) -> _Plan:
+        """What one job asks of a pipeline call, per image and shared, checked against the pipeline."""
+        task = self._task(job)
+        strength = self._strength(job)
+        plan = _Plan(job=job, task=task, strength=strength, steps=self._steps(job, strength))
+        if isinstance(job, GenerateJob):
+            plan.text = self._text_kwargs(
+                job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""), loaded.base
+            )
+            return plan
+        if isinstance(job, VaryJob):
+            assert job.image is not None  # check() refused a variation without one
+            self._require_task(loaded, "image2image", "A variation", "model")
+            plan.text = self._text_kwargs(job, "", loaded.base)
+            plan.image = _fit(job.image.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+            return plan
+        assert isinstance(job, EditJob)
+        image = _fit(job.images[0].convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+        plan.image = image
+        if job.mask is None:
+            self._require_task(loaded, "image2image", "An edit without a mask", "mask")
+            plan.text = self._text_kwargs(job, job.prompt, loaded.base)
+            return plan
+        if loaded.inpaint_base is None:
+            self._require_task(loaded, "inpaint", "A masked edit", "mask")
+        mask = _fit(job.mask.convert("L"), job.width, job.height, Image.Resampling.NEAREST)
+        plan.text = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
+        plan.mask = mask
+
+        def compose(drawn: Image.Image) -> Image.Image:
+            # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
+            # through the mask keeps every pixel outside it exactly as it came in, previews included.
+            return Image.composite(drawn, image, mask)
+
+        plan.compose = compose
+        return plan
+
+    def _call(self, loaded: _Loaded, chunk: list[_Entry]) -> list[Image.Image]:
+        """One pipeline call for the images of `chunk` (one batch key: same task, size, steps...)."""
         torch = _module("torch")
-        steps = self._steps(job, strength)
-        kwargs = dict(kwargs, num_inference_steps=steps)
-        if strength is not None:
-            kwargs["strength"] = strength
-        # Previews stream image after image, so jobs that want them run one image per call.
-        batch = 1 if ctx.partial_images > 0 else self.options.max_batch
-        images: list[Image.Image] = []
-        for first in range(0, job.n, batch):
-            ctx.check()
-            count = min(batch, job.n - first)
-            view = self._view(loaded, task)
-            params = inspect.signature(view.__call__).parameters
-            call = dict(kwargs, num_images_per_prompt=count, output_type="pil")
-            call["generator"] = [
-                torch.Generator("cpu").manual_seed(job.seed + first + i) for i in range(count)
-            ]
-            if "callback_on_step_end" in params:
-                call["callback_on_step_end"] = _StepCallback(
-                    ctx, first, PreviewDecoder(view, self.options.preview, job.width, job.height), compose
+        head = chunk[0].plan
+        job = head.job
+        view = self._view(loaded, head.task)
+        params = inspect.signature(view.__call__).parameters
+        call: dict[str, Any] = {
+            "prompt": [e.plan.text["prompt"] for e in chunk],
+            "num_inference_steps": head.steps,
+            "num_images_per_prompt": 1,
+            "output_type": "pil",
+            "generator": [torch.Generator("cpu").manual_seed(e.plan.job.seed + e.image) for e in chunk],
+        }
+        if "guidance_scale" in head.text:
+            call["guidance_scale"] = head.text["guidance_scale"]
+        if "negative_prompt" in head.text:
+            call["negative_prompt"] = [e.plan.text["negative_prompt"] for e in chunk]
+        if head.strength is not None:
+            call["strength"] = head.strength
+        if head.task != "image2image":
+            call.update(height=job.height, width=job.width)
+        if head.image is not None:
+            call["image"] = [e.plan.image for e in chunk]
+        if head.mask is not None:
+            call["mask_image"] = [e.plan.mask for e in chunk]
+        if "callback_on_step_end" in params:
+            call["callback_on_step_end"] = _StepCallback(
+                chunk, PreviewDecoder(view, self.options.preview, job.width, job.height)
+            )
+        out = view(**call).images
+        images = []
+        for entry, image in zip(chunk, out, strict=True):
+            if image.size != (job.width, job.height):
+                # Some pipelines round sizes silently; limner never hands back another size.
+                raise InvalidValue(
+                    f"Model '{self.model_name}' produced {image.size[0]}x{image.size[1]} instead of "
+                    f"{job.width}x{job.height}; configure the sizes it supports.",
+                    param="size",
                 )
-            out = view(**call).images
-            ctx.check()
-            for image in out:
-                if image.size != (job.width, job.height):
-                    # Some pipelines round sizes silently; limner never hands back another size.
-                    raise InvalidValue(
-                        f"Model '{self.model_name}' produced {image.size[0]}x{image.size[1]} instead of "
-                        f"{job.width}x{job.height}; configure the sizes it supports.",
-                        param="size",
-                    )
-                image = image.convert("RGB")
-                images.append(compose(image) if compose is not None else image)
+            image = image.convert("RGB")
+            images.append(entry.plan.compose(image) if entry.plan.compose is not None else image)
         return images
 
 
-class _StepCallback:
-    """`callback_on_step_end`: cancellation at every step, previews at the steps chosen for them."""
+@dataclass
+class _Plan:
+    """One job, ready for a pipeline call: its task and shared settings, its text and inputs."""
 
-    def __init__(
-        self,
-        ctx: JobContext,
-        first_image: int,
-        decoder: PreviewDecoder,
-        compose: Callable[[Image.Image], Image.Image] | None,
-    ) -> None:
-        self._ctx = ctx
-        self._first = first_image
+    job: Job
+    task: Task
+    strength: float | None
+    steps: int
+    text: dict[str, Any] = field(default_factory=dict)  # prompt, negative_prompt, guidance_scale
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    compose: Callable[[Image.Image], Image.Image] | None = None
+
+
+@dataclass
+class _Entry:
+    """One image of a batch: which job it belongs to, its index there, and that job's context."""
+
+    job_index: int
+    image: int
+    ctx: JobContext
+    plan: _Plan
+
+
+class _StepCallback:
+    """`callback_on_step_end`: cancellation at every step, previews at the steps chosen for them.
+
+    The call holds images of several jobs: it is interrupted only once every one of them has gone,
+    and each job gets the previews of its own images, split from the batch's latents."""
+
+    def __init__(self, chunk: list[_Entry], decoder: PreviewDecoder) -> None:
+        self._chunk = chunk
         self._decoder = decoder
-        self._compose = compose
-        self._schedule: dict[int, int] | None = None  # step index -> partial index
+        self._schedules: list[dict[int, int]] | None = None  # per entry: step index -> partial index
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if self._ctx.cancelled:
+        if all(entry.ctx.cancelled for entry in self._chunk):
             # The flag makes diffusers skip the remaining steps in pipelines that check it; raising
             # as well stops right here, before the final VAE decode that the flag alone would still run.
             pipe._interrupt = True
             raise JobCancelled()
-        if self._ctx.partial_images <= 0:
-            return {}
-        if self._schedule is None:
+        if self._schedules is None:
             total = int(getattr(pipe, "_num_timesteps", 0) or 0)
-            self._schedule = {s: k for k, s in enumerate(preview_steps(total, self._ctx.partial_images))}
-        partial_index = self._schedule.get(step)
+            self._schedules = [
+                {s: k for k, s in enumerate(preview_steps(total, e.ctx.partial_images))}
+                if e.ctx.partial_images > 0
+                else {}
+                for e in self._chunk
+            ]
+        wanted = [schedule.get(step) for schedule in self._schedules]
         latents = tensors.get("latents")
-        if partial_index is None or latents is None:
+        if latents is None or all(w is None for w in wanted):
             return {}
-        previews = self._decoder.decode(latents)
-        for offset, preview in enumerate(previews or ()):
-            shown = self._compose(preview) if self._compose is not None else preview
-            self._ctx.report_partial(self._first + offset, partial_index, shown)
+        previews = self._decoder.decode(latents) or []
+        for entry, partial_index, preview in zip(self._chunk, wanted, previews, strict=False):
+            if partial_index is None or entry.ctx.cancelled:
+                continue
+            shown = entry.plan.compose(preview) if entry.plan.compose is not None else preview
+            if entry.ctx.on_partial is not None and partial_index < entry.ctx.partial_images:
+                # Not report_partial: it raises for a client that just left, which would stop the
+                # whole call, other clients' images included.
+                entry.ctx.on_partial(entry.image, partial_index, shown)
         return {}
 
 

@@ -88,3 +88,7 @@ class EditJob(_JobBase):
 @dataclass
 class VaryJob(_JobBase):
     image: Image.Image | None = None
+
+
+#: Any engine job.
+Job = GenerateJob | EditJob | VaryJob

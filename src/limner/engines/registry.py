@@ -2,18 +2,23 @@
 
 Every OpenAI model name is served by the one shared sketch engine unless the config maps it elsewhere;
 config names that are not OpenAI's get a local profile built from their table (contract section 10).
+An engine comes from the table of factories below (`ENGINE_FACTORIES`), or is handed in ready-made
+(`create_app(settings, engines={...})`, which is how a test serves its own engine).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from limner import rules
 from limner.engines.base import Engine
 from limner.errors import EngineUnavailable
+
+#: The engine key of the shared built-in engine.
+SKETCH = "sketch"
 
 
 class ModelTable(Protocol):
@@ -26,6 +31,7 @@ class ModelTable(Protocol):
     default_size: str | None
     concurrency: int | None
     max_queue: int
+    batch_wait_ms: int
 
     def engine_options(self) -> dict[str, Any]: ...
 
@@ -37,9 +43,10 @@ class ServedModel:
     engine_key: str
     concurrency: int
     max_queue: int
+    batch_wait_ms: int = 0
 
 
-def _sketch() -> Engine:
+def _sketch(name: str, options: Mapping[str, Any]) -> Engine:
     from limner.engines.sketch import SketchEngine
 
     return SketchEngine()
@@ -56,6 +63,17 @@ def _diffusers(name: str, options: Mapping[str, Any]) -> Engine:
     return engine
 
 
+#: engine name in the config -> factory(model name, engine options). The sketch engine is built once
+#: and shared by every name it serves (it is stateless); every other engine is one per model name.
+ENGINE_FACTORIES: dict[str, Callable[[str, Mapping[str, Any]], Engine]] = {
+    SKETCH: _sketch,
+    "diffusers": _diffusers,
+}
+
+#: The waiting jobs an OpenAI name admits when the config says nothing of it.
+DEFAULT_MAX_QUEUE = 64
+
+
 def _default_size(max_side: int, multiple: int) -> str:
     """A square default for a free-size local model: 512x512 where the model can make it."""
     side = max(multiple, min(512, max_side) // multiple * multiple)
@@ -63,47 +81,94 @@ def _default_size(max_side: int, multiple: int) -> str:
 
 
 class EngineRegistry:
-    def __init__(self, models: Mapping[str, ModelTable], *, sketch_concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelTable],
+        *,
+        sketch_concurrency: int = 1,
+        engines: Mapping[str, Engine] | None = None,
+    ) -> None:
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, ServedModel] = {}
+        given = dict(engines or {})
         for name, profile in rules.OPENAI_PROFILES.items():
-            if name not in models:
-                self.models[name] = ServedModel(name, profile, "sketch", sketch_concurrency, 64)
-        if any(name not in models for name in rules.OPENAI_PROFILES) or any(
-            m.engine == "sketch" for m in models.values()
-        ):
-            self.engines["sketch"] = _sketch()
+            if name not in models and name not in given:
+                self.models[name] = ServedModel(name, profile, SKETCH, sketch_concurrency, DEFAULT_MAX_QUEUE)
+                self._shared_sketch()
         for name, table in models.items():
-            self._add(name, table, sketch_concurrency)
+            if name not in given:
+                self._add(name, table, sketch_concurrency)
+        keys: dict[int, str] = {}  # names handed one engine object share it, as sketch names do
+        for name, engine in given.items():
+            own = models.get(name)
+            key = keys.setdefault(id(engine), f"given:{name}")
+            self.engines[key] = engine
+            concurrency = (own.concurrency if own else None) or 1
+            sharing = [m for m in self.models.values() if m.engine_key == key]
+            if sharing and sharing[0].concurrency != concurrency:
+                raise ValueError(
+                    f"models.{name}.concurrency = {concurrency} cannot be honoured: '{sharing[0].name}' "
+                    f"shares its engine with {sharing[0].concurrency} workers"
+                )
+            self.models[name] = ServedModel(
+                name,
+                self._profile(name, own, engine),
+                key,
+                concurrency,
+                own.max_queue if own else DEFAULT_MAX_QUEUE,
+                own.batch_wait_ms if own else 0,
+            )
+
+    def _shared_sketch(self) -> Engine:
+        if SKETCH not in self.engines:
+            self.engines[SKETCH] = ENGINE_FACTORIES[SKETCH](SKETCH, {})
+        return self.engines[SKETCH]
 
     def _add(self, name: str, table: ModelTable, sketch_concurrency: int) -> None:
-        if table.engine == "sketch":
-            key, concurrency = "sketch", table.concurrency or sketch_concurrency
-            if "sketch" not in self.engines:
-                self.engines["sketch"] = _sketch()
-        elif table.engine == "diffusers":
-            key, concurrency = f"diffusers:{name}", table.concurrency or 1
-            self.engines[key] = _diffusers(name, table.engine_options())
+        factory = ENGINE_FACTORIES.get(table.engine)
+        if factory is None:
+            known = ", ".join(f"'{k}'" for k in ENGINE_FACTORIES)
+            raise ValueError(f"model '{name}': unknown engine '{table.engine}' (use {known})")
+        if table.engine == SKETCH:
+            key, engine = SKETCH, self._shared_sketch()
+            concurrency = table.concurrency or sketch_concurrency
+            if concurrency != sketch_concurrency:
+                # One shared engine has one set of workers: a second number cannot be honoured.
+                raise ValueError(
+                    f"models.{name}.concurrency = {concurrency} cannot be honoured: every sketch-served "
+                    f"name shares the sketch engine's {sketch_concurrency} workers (set "
+                    "sketch_concurrency instead)"
+                )
         else:
-            raise ValueError(f"model '{name}': unknown engine '{table.engine}' (use 'sketch' or 'diffusers')")
-        engine = self.engines[key]
+            key = f"{table.engine}:{name}"
+            engine = self.engines[key] = factory(name, table.engine_options())
+            concurrency = table.concurrency or 1
+        self.models[name] = ServedModel(
+            name, self._profile(name, table, engine), key, concurrency, table.max_queue, table.batch_wait_ms
+        )
+
+    @staticmethod
+    def _profile(name: str, table: ModelTable | None, engine: Engine) -> rules.ModelProfile:
         profile = rules.OPENAI_PROFILES.get(name)
-        if profile is None:
-            info = engine.info
-            sizes = table.sizes or ([f"{w}x{h}" for w, h in info.sizes] if info.sizes else [])
-            multiple = table.size_multiple or max(8, info.size_multiple)
-            max_pixels = table.max_pixels or info.max_pixels
-            side = int(max_pixels**0.5) // multiple * multiple
-            profile = rules.local_profile(
-                name,
-                sizes=sizes,
-                size_multiple=multiple,
-                max_pixels=max_pixels,
-                max_side=max(side * 4, multiple),
-                default_size=table.default_size or (sizes[0] if sizes else _default_size(side, multiple)),
-                operations=info.operations,
-            )
-        self.models[name] = ServedModel(name, profile, key, concurrency, table.max_queue)
+        if profile is not None:
+            return profile
+        info = engine.info
+        sizes = (table.sizes if table else []) or ([f"{w}x{h}" for w, h in info.sizes] if info.sizes else [])
+        multiple = (table.size_multiple if table else None) or max(8, info.size_multiple)
+        max_pixels = (table.max_pixels if table else None) or info.max_pixels
+        side = int(max_pixels**0.5) // multiple * multiple
+        default = (table.default_size if table else None) or (
+            sizes[0] if sizes else _default_size(side, multiple)
+        )
+        return rules.local_profile(
+            name,
+            sizes=sizes,
+            size_multiple=multiple,
+            max_pixels=max_pixels,
+            max_side=max(side * 4, multiple),
+            default_size=default,
+            operations=info.operations,
+        )
 
     def lookup(self, defaults: Any) -> rules.ProfileLookup:
         return rules.ProfileLookup(

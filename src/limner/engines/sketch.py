@@ -40,14 +40,12 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from limner.engines.base import EngineInfo
-from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
+from limner.engines.base import EngineBase, EngineInfo
+from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 from limner.engines.sketch_inputs import Drawer, compose, edit_drawer, fit, vary_drawer
 from limner.engines.sketch_scene import LEVELS, Check, plan_scene, render
 from limner.engines.sketch_words import read_prompt
 from limner.errors import InvalidRequest, InvalidValue
-
-AnyJob = GenerateJob | EditJob | VaryJob
 
 _INFO = EngineInfo(
     name="sketch",
@@ -81,8 +79,13 @@ def _normalise(img: Image.Image) -> Image.Image:
     return img.convert("RGBA" if has_alpha else "RGB")
 
 
-class SketchEngine:
-    """The built-in procedural engine (see the module docstring). Stateless and thread-safe."""
+class SketchEngine(EngineBase):
+    """The built-in procedural engine (see the module docstring). Stateless and thread-safe.
+
+    It does not batch (`batch_key` is None): batching pays where one engine call has a fixed cost to
+    share (a GPU kernel launch, a pipeline's set-up), and sketch has none. Its cost is NumPy work per
+    pixel, already spread over the cores by running `sketch_concurrency` jobs at once.
+    """
 
     @property
     def info(self) -> EngineInfo:
@@ -90,6 +93,9 @@ class SketchEngine:
 
     def load(self) -> None:
         """Nothing to load: sketch has no weights."""
+
+    def check(self, job: Job) -> None:
+        self._check_job(job)
 
     @property
     def loaded(self) -> bool:
@@ -191,7 +197,7 @@ class SketchEngine:
 
     # ------------------------------------------------------------------------------------ internals
 
-    def _check_job(self, job: AnyJob) -> None:
+    def _check_job(self, job: Job) -> None:
         if job.width < 1 or job.height < 1:
             raise InvalidValue(f"Invalid size {job.width}x{job.height}.", param="size")
         if job.width * job.height > _INFO.max_pixels:
@@ -206,7 +212,7 @@ class SketchEngine:
 
     def _run(
         self,
-        job: AnyJob,
+        job: Job,
         ctx: JobContext,
         make: Callable[[int], Drawer],
         finish: Callable[[Image.Image], Image.Image] | None = None,

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from fastapi import Depends, FastAPI
 
 from limner import __version__
+from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
-from limner.scheduler import Scheduler
+from limner.scheduler import KeyLimits, Lane, ModelLimits, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.keys import KeyStore
@@ -36,11 +37,36 @@ async def _sweep_forever(store: ImageStore, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def build_scheduler(registry: EngineRegistry, settings: Settings) -> Scheduler:
+    """The scheduler's lanes and limits, from the configuration, before any request arrives."""
+    lanes = {}
+    for key, engine in registry.engines.items():
+        served = [m for m in registry.models.values() if m.engine_key == key]
+        if not served:
+            continue
+        lanes[key] = Lane(
+            key,
+            engine,
+            concurrency=served[0].concurrency,  # one number per engine: the registry checked that
+            max_batch=engine.info.max_batch,
+            batch_wait_ms=max(m.batch_wait_ms for m in served),
+        )
+    models = {name: ModelLimits(m.engine_key, m.max_queue) for name, m in registry.models.items()}
+    return Scheduler(
+        lanes,
+        models,
+        key_limits=KeyLimits(settings.max_queued_per_key, settings.max_running_per_key),
+    )
+
+
+def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = None) -> FastAPI:
+    """The whole server. `engines` serves model names with engines built elsewhere (a test's own)."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    registry = EngineRegistry(settings.models, sketch_concurrency=settings.sketch_concurrency)
-    scheduler = Scheduler()
+    registry = EngineRegistry(
+        settings.models, sketch_concurrency=settings.sketch_concurrency, engines=engines
+    )
+    scheduler = build_scheduler(registry, settings)
     secret = load_secret(data_dir / "secret.key", given=settings.secret)
     store = ImageStore(data_dir / "images", secret, settings.url_ttl_seconds)
     key_guard = KeyGuard(KeyStore(data_dir / "keys.sqlite3"), settings.auth)
@@ -50,8 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for engine in registry.engines.values():
-            if getattr(engine, "load_at_startup", False):
+            if engine.load_at_startup:
                 await asyncio.to_thread(engine.load)
+        scheduler.start()
         for line in banner.startup_lines(settings, registry, startup_hashes):
             log.info("%s", line)
         for warning in banner.startup_warnings(settings, startup_hashes):
@@ -62,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             sweeper.cancel()
             scheduler.shutdown()
+            for engine in registry.engines.values():
+                engine.close()
 
     app = FastAPI(title="limner", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

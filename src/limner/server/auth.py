@@ -15,7 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 from fastapi import Request
@@ -40,25 +40,25 @@ class KeyGuard:
         self.store = store
         self.mode = mode
         self.ttl = ttl
-        self._cached: tuple[float, Sequence[str] | None] | None = None
+        self._cached: tuple[float, Mapping[str, str] | None] | None = None
         self._lock = asyncio.Lock()
 
-    def _read(self) -> Sequence[str] | None:
+    def _read(self) -> Mapping[str, str] | None:
         if self.mode == "none":
             return None
         hashes = self.store.snapshot()
         if hashes is None and self.mode == "keys":
-            return ()  # keys required but none exist: every call is refused
+            return {}  # keys required but none exist: every call is refused
         return hashes
 
-    def check_at_startup(self) -> Sequence[str] | None:
+    def check_at_startup(self) -> Mapping[str, str] | None:
         """Read the keys once, synchronously; KeyDatabaseError (naming the file) if they are needed and
         cannot be read."""
         result = self._read()
         self._cached = (time.monotonic(), result)
         return result
 
-    async def hashes(self) -> Sequence[str] | None:
+    async def hashes(self) -> Mapping[str, str] | None:
         """None: no key needed. Otherwise the active hashes. ServiceUnavailable if they cannot be read."""
         if self.mode == "none":
             return None
@@ -95,12 +95,14 @@ async def require_key(request: Request) -> None:
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not KeyStore.matches(token, hashes):
+    key_id = KeyStore.matches(token, hashes)
+    if key_id is None:
         raise AuthenticationFailed(
             f"Incorrect API key provided: {_redact(token)}.",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.key_id = key_id  # whose job this is: fairness and per-key limits
 
 
 def _redact(token: str) -> str:

@@ -4,7 +4,7 @@ whether keys are required, and each model with its engine and whether it is load
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from limner.engines.registry import EngineRegistry
@@ -12,7 +12,9 @@ from limner.server.auth import is_loopback
 from limner.server.settings import Settings
 
 
-def startup_lines(settings: Settings, registry: EngineRegistry, hashes: Sequence[str] | None) -> list[str]:
+def startup_lines(
+    settings: Settings, registry: EngineRegistry, hashes: Mapping[str, str] | None
+) -> list[str]:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     if hashes is None:
         keys = "not required" + (" (auth = none)" if settings.auth == "none" else " (no key created yet)")
@@ -32,7 +34,7 @@ def startup_lines(settings: Settings, registry: EngineRegistry, hashes: Sequence
     return lines
 
 
-def startup_warnings(settings: Settings, hashes: Sequence[str] | None) -> list[str]:
+def startup_warnings(settings: Settings, hashes: Mapping[str, str] | None) -> list[str]:
     warnings = []
     if hashes is None and not is_loopback(settings.host):
         warnings.append(

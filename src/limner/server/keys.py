@@ -17,7 +17,7 @@ import hmac
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,14 +134,15 @@ class KeyStore:
             )
         return cur.rowcount > 0
 
-    def active_hashes(self) -> Sequence[str]:
-        """The hashes of the keys in force. Raises KeyDatabaseError when the database is unusable."""
+    def active_hashes(self) -> dict[str, str]:
+        """The keys in force, hash -> key id. Raises KeyDatabaseError when the database is unusable."""
         with self._connect() as db:
-            return [row[0] for row in db.execute("SELECT hash FROM keys WHERE revoked_at IS NULL")]
+            rows = db.execute("SELECT hash, id FROM keys WHERE revoked_at IS NULL").fetchall()
+        return {digest: key_id for digest, key_id in rows}
 
-    def snapshot(self) -> Sequence[str] | None:
+    def snapshot(self) -> Mapping[str, str] | None:
         """What the server needs per request: None when this data dir requires no key, else the active
-        hashes (possibly none: then every call is refused). Databases from before the marker existed
+        hashes with their key ids (possibly none: then every call is refused). Databases from before the marker existed
         count as requiring keys as soon as they hold a key, revoked or not."""
         if not self.required():
             if not self.path.exists():
@@ -153,10 +154,12 @@ class KeyStore:
         return self.active_hashes()
 
     @staticmethod
-    def matches(key: str, hashes: Sequence[str]) -> bool:
-        """Compare against every active hash in constant time: no early exit that leaks which matched."""
+    def matches(key: str, hashes: Mapping[str, str]) -> str | None:
+        """The id of the key, or None. Every active hash is compared, in constant time: no early exit
+        that leaks which matched."""
         digest = _hash(key)
-        found = False
-        for stored in hashes:
-            found |= hmac.compare_digest(stored, digest)
+        found: str | None = None
+        for stored, key_id in hashes.items():
+            if hmac.compare_digest(stored, digest):
+                found = key_id
         return found

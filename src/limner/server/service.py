@@ -1,5 +1,6 @@
-"""From a resolved request to a response: run the engine job, encode, store, and build the body or the
-stream of events. Shared by the three endpoints; no HTTP parsing here."""
+"""From a resolved request to a response: hand the job to the scheduler (which queues, batches, runs,
+and cancels it when the client leaves), then build the body or the stream of events from what it
+returns. Shared by the three endpoints; no HTTP parsing here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -17,25 +18,23 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 
 from limner import imaging, rules
-from limner.engines.base import Engine
-from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
-from limner.errors import JobCancelled, LimnerError
-from limner.scheduler import EngineQueue, wait_cancelling
+from limner.engines.jobs import EditJob, Job, JobContext
+from limner.errors import LimnerError
+from limner.scheduler import Scheduler, Ticket
 from limner.server.errors import SERVER_ERROR_MESSAGE, for_log, log
 from limner.server.links import base_url
 from limner.storage import ImageStore
 
-Job = GenerateJob | EditJob | VaryJob
 StreamKind = Literal["image_generation", "image_edit"]
 
 
 @dataclass
 class Work:
-    """One request's work: the resolved request, its engine, the job, and the edit inputs' sizes."""
+    """One request's work: the resolved request, the model that serves it, the job, and the edit
+    inputs' sizes."""
 
     resolved: rules.Resolved
-    engine: Engine
-    queue: EngineQueue
+    model: str
     job: Job
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
 
@@ -60,61 +59,60 @@ def job_fields(resolved: rules.Resolved) -> dict[str, Any]:
     )
 
 
-def _draw(engine: Engine, job: Job, ctx: JobContext) -> list[Image.Image]:
-    if isinstance(job, GenerateJob):
-        return engine.generate(job, ctx)
-    if isinstance(job, EditJob):
-        images = engine.edit(job, ctx)
-        first = job.images[0]
-        if job.mask is not None and first.size == (job.width, job.height):
+def _finisher(resolved: rules.Resolved, job: Job) -> Callable[[list[Image.Image]], list[bytes]]:
+    """What runs in the worker after the engine: the masked-edit guarantee, then encoding."""
+
+    def finish(images: list[Image.Image]) -> list[bytes]:
+        if (
+            isinstance(job, EditJob)
+            and job.mask is not None
+            and job.images[0].size == (job.width, job.height)
+        ):
             # Whatever the engine did, pixels outside the edited area come back exactly as sent.
-            images = [imaging.compose(first, image, job.mask) for image in images]
-        return images
-    return engine.vary(job, ctx)
+            images = [imaging.compose(job.images[0], image, job.mask) for image in images]
+        return [
+            imaging.encode_image(
+                image, output_format=resolved.output_format, compression=resolved.output_compression
+            )
+            for image in images
+        ]
+
+    return finish
 
 
-def _encode_all(resolved: rules.Resolved, images: list[Image.Image]) -> list[bytes]:
-    return [
-        imaging.encode_image(
-            img, output_format=resolved.output_format, compression=resolved.output_compression
-        )
-        for img in images
-    ]
+def client_of(request: Request) -> str:
+    """Whose job this is, for fairness and per-key limits: the API key's id, else the address."""
+    key_id = getattr(request.state, "key_id", None)
+    if key_id:
+        return str(key_id)
+    return f"addr:{request.client.host}" if request.client else "addr:-"
 
 
-@dataclass
-class _StreamJob:
-    """One image's job in a stream: its context, its previews (None marks the end), its result."""
+def observed(ticket: Ticket[Any]) -> dict[str, str]:
+    """The scheduler's view of a job, as response headers."""
+    return {
+        "x-limner-queue-ms": str(ticket.queue_ms if ticket.queue_ms is not None else 0),
+        "x-limner-batch-size": str(ticket.batch_size or 0),
+    }
 
-    ctx: JobContext
-    events: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
-    future: asyncio.Future[list[bytes]] = field(init=False)
 
-
-async def _until_disconnected(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.2)
+def _submit(
+    request: Request, work: Work, job: Job, ctx: JobContext, *, admitted: bool = False
+) -> Ticket[list[bytes]]:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler.submit(
+        work.model, job, ctx, _finisher(work.resolved, job), client=client_of(request), admitted=admitted
+    )
 
 
 async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONResponse:
-    """Non-streaming: run the job (encoding in the worker thread too), answer ImagesResponse. The
-    connection is watched meanwhile: if the client leaves, the job is cancelled (see wait_cancelling)."""
-    ctx = JobContext()
-    resolved = work.resolved
-    future = work.queue.submit(lambda: _encode_all(resolved, _draw(work.engine, work.job, ctx)), ctx)
-    job_task = asyncio.ensure_future(wait_cancelling(future, ctx))
-    watcher = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        await asyncio.wait({job_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the server is stopping
-        job_task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not job_task.done():  # the client left: stop the engine, answer nobody
-        job_task.cancel()
-        raise JobCancelled()
-    return JSONResponse(images_body(request, work, job_task.result(), store))
+    """Non-streaming: queue the job, wait for its encoded images (the connection is watched meanwhile:
+    if the client leaves, the job is cancelled), answer ImagesResponse."""
+    scheduler: Scheduler = request.app.state.scheduler
+    ticket = _submit(request, work, work.job, JobContext())
+    encoded = await scheduler.result(ticket, request.is_disconnected)
+    body = await asyncio.to_thread(images_body, request, work, encoded, store)
+    return JSONResponse(body, headers=observed(ticket))
 
 
 def _links(request: Request, store: ImageStore, encoded: list[bytes], fmt: str) -> list[str]:
@@ -153,6 +151,15 @@ def images_body(request: Request, work: Work, encoded: list[bytes], store: Image
 # Streaming
 
 
+@dataclass
+class _StreamJob:
+    """One image's job in a stream: its context, its previews (None marks the end), its ticket."""
+
+    ctx: JobContext
+    events: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
+    ticket: Ticket[list[bytes]] = field(init=False)
+
+
 def sse(event: str, payload: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
@@ -169,7 +176,7 @@ def _event_base(resolved: rules.Resolved, data: bytes) -> dict[str, Any]:
     }
 
 
-def stream_response(request: Request, work: Work, kind: StreamKind) -> StreamingResponse:
+async def stream_response(request: Request, work: Work, kind: StreamKind) -> StreamingResponse:
     """SSE: for each image in turn, its partial images then its completed event (contract 10).
 
     Image i runs as its own one-image job with seed + i, so events arrive image after image. The first
@@ -177,6 +184,7 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
     the stream started is sent as `event: error` with the error envelope, and the stream ends.
     """
     resolved = work.resolved
+    scheduler: Scheduler = request.app.state.scheduler
     loop = asyncio.get_running_loop()
     per_image_usage = replace(resolved, n=1)
 
@@ -189,15 +197,17 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
 
         running.ctx.on_partial = on_partial
         job = replace(work.job, n=1, seed=work.job.seed + index)
-        running.future = work.queue.submit(
-            lambda: _encode_all(resolved, _draw(work.engine, job, running.ctx)), running.ctx
-        )
+        # The first image was admitted with the request; later ones are not refused halfway.
+        running.ticket = _submit(request, work, job, running.ctx, admitted=index > 0)
         # The job's end is queued behind its previews (both reach the loop in order), so one queue
         # read gives everything in order and nothing is left pending if the client leaves.
-        running.future.add_done_callback(lambda _: running.events.put_nowait(None))
+        running.ticket.future.add_done_callback(lambda _: running.events.put_nowait(None))
         return running
 
     first = start(0)
+    # The headers say how long the first image waited and the size of its batch, so they are sent
+    # when it starts (a client that leaves meanwhile cancels it).
+    await scheduler.wait_started(first.ticket, request.is_disconnected)
 
     def partial_event(partial_index: int, data: bytes) -> bytes:
         payload = {
@@ -214,7 +224,7 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
                 current = current or start(index)
                 while (item := await current.events.get()) is not None:
                     yield partial_event(*item)
-                (final,) = current.future.result()
+                (final,) = current.ticket.future.result()
                 usage = rules.usage_for(per_image_usage, input_sizes=work.input_sizes)
                 usage.pop("output_tokens_details", None)
                 yield sse(
@@ -239,23 +249,22 @@ def stream_response(request: Request, work: Work, kind: StreamKind) -> Streaming
             )
         finally:
             if current is not None:  # the client left (or a failure): stop the engine
-                current.ctx.cancel()
-                current.future.cancel()
+                scheduler.cancel(current.ticket)
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no", **observed(first.ticket)},
     )
 
 
 def prepare(
     request: Request,
     resolved: rules.Resolved,
-    make_job: Any,
+    make_job: Callable[[dict[str, Any]], Job],
     input_sizes: list[tuple[int, int]] | None = None,
 ) -> Work:
-    """The engine and queue for the resolved model, and its job (built by make_job from job_fields)."""
+    """The job for the resolved model (built by make_job from job_fields), checked by its engine."""
     state = request.app.state
     # One line per image request for the operator: `user` / `safety_identifier` exist for abuse
     # monitoring, which on a self-hosted server means this log.
@@ -268,12 +277,9 @@ def prepare(
         resolved.size,
         for_log(resolved.user),
     )
-    served, engine = state.registry.engine_for(resolved.profile.name)
-    queue = state.scheduler.queue(served.engine_key, served.concurrency, served.max_queue)
+    _, engine = state.registry.engine_for(resolved.profile.name)
     job = make_job(job_fields(resolved))
-    check = getattr(engine, "check", None)
-    if check is not None:
-        # Engines may refuse a job up front (a size the model cannot make): a plain 400 then, rather
-        # than a failure after a stream has started.
-        check(job)
-    return Work(resolved, engine, queue, job, input_sizes or [])
+    # The engine refuses what it cannot do (a size the model cannot make) before anything is queued
+    # or streamed: a plain 400, never a failure in the middle of a stream.
+    engine.check(job)
+    return Work(resolved, resolved.profile.name, job, input_sizes or [])

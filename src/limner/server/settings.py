@@ -23,6 +23,9 @@ The config file (``limner serve --config limner.toml``)::
     engine = "diffusers"
     source = "/models/sdxl-turbo"
 
+    max_queued_per_key = 16                      # per API key (or address): 429 beyond this many waiting
+    max_running_per_key = 2                      # ...and this many running at once
+
     [models.my-model]                            # a local name: GPT-image fields, both formats
     engine = "sketch"
     sizes = ["512x512", "768x768"]
@@ -58,11 +61,13 @@ class ModelConfig(BaseModel):
     #: Concurrency and queue in front of this model's engine.
     concurrency: int | None = None
     max_queue: int = 32
+    #: How long a free worker waits for more compatible jobs to fill a batch (0: never waits).
+    batch_wait_ms: int = 0
 
     def engine_options(self) -> dict[str, Any]:
         """The engine's own options: the table less limner's keys, with the size limits that are set
         (so that the engine and the rule profile agree on what the model can make)."""
-        own = {"engine", "default_size", "concurrency", "max_queue"}
+        own = {"engine", "default_size", "concurrency", "max_queue", "batch_wait_ms"}
         return {k: v for k, v in self.model_dump().items() if k not in own and v not in (None, [])}
 
 
@@ -105,6 +110,9 @@ class Settings(BaseModel):
     #: The link-signing secret (>= 32 bytes), shared by servers that serve each other's links.
     #: Default: $LIMNER_SECRET, else a random one kept in the data dir.
     secret: str | None = Field(default=None, repr=False)
+    #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
+    max_queued_per_key: int | None = None
+    max_running_per_key: int | None = None
     sketch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     defaults: Defaults = Field(default_factory=Defaults)
     models: dict[str, ModelConfig] = Field(default_factory=dict)

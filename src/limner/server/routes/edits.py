@@ -78,7 +78,7 @@ async def _edit(
         input_sizes=[im.size for im in images],
     )
     if resolved.stream:
-        return service.stream_response(request, work, "image_edit")
+        return await service.stream_response(request, work, "image_edit")
     return await service.run_to_body(request, work, request.app.state.store)
 
 

@@ -26,5 +26,5 @@ async def create_image(request: Request) -> Response:
     resolved = rules.resolve_generation(state.lookup, req)
     work = service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))
     if resolved.stream:
-        return service.stream_response(request, work, "image_generation")
+        return await service.stream_response(request, work, "image_generation")
     return await service.run_to_body(request, work, state.store)

@@ -18,9 +18,8 @@ async def health(request: Request) -> dict[str, Any]:
         "engines": registry.status(),
         "models": {name: registry.engines[m.engine_key].loaded for name, m in registry.models.items()},
         # Jobs running or waiting per engine: what an operator (or a test) watches for backlog.
-        "queues": {key: q.pending for key, q in scheduler.queues.items()},
-        "jobs": {
-            key: {"done": q.done, "cancelled": q.cancelled, "failed": q.failed}
-            for key, q in scheduler.queues.items()
-        },
+        "queues": scheduler.pending_by_lane(),
+        "jobs": scheduler.ended_by_lane(),
+        # Per model: queued, running, done, cancelled, failed, batches, mean batch size, mean time.
+        "scheduler": scheduler.health(),
     }
