@@ -20,9 +20,11 @@ What it does, and the decisions behind it:
   list, any width and height that are multiples of `size_multiple` (64 by default: the VAE's factor 8
   times the UNet's downsampling, so every SD-family UNet works without padding) up to `max_size`.
 * **Seeds.** Image i of a job uses `seed + i`, through its own CPU `torch.Generator` (CPU generators give
-  the same noise on every device). Images run one per pipeline call by default, so image i of a
-  request is bit-identical to image 0 of a request with `seed + i`; `max_batch > 1` batches them
-  (faster on a GPU, but batched kernels may differ from the unbatched ones by one level in a pixel).
+  the same noise on every device). With `max_batch = 1` images run one per pipeline call, so image i
+  of a request is bit-identical to image 0 of a request with `seed + i`; `max_batch > 1` batches a
+  request's images and those of concurrent requests with the same batch key (one prompt, input and
+  generator per image; faster, but batched kernels may differ from unbatched ones by a level in a
+  pixel).
 * **Edits.** With a mask (255 = repaint): the inpaint pipeline, then the result is composed back onto
   the input through the mask, so every pixel outside the mask is bit-identical to the input (at the
   output size; identical to the upload when the sizes match), in partial previews as well. Without a mask: image-to-image with a
