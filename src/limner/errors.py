@@ -104,8 +104,10 @@ class RateLimited(LimnerError):
     error_type = "requests"
     default_code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+    def __init__(self, message: str, *, retry_after: int = 1, reason: str = "queue_full") -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        #: What was exceeded (queue_full, max_queued_per_key, max_running_per_key): a metrics label.
+        self.reason = reason
 
 
 class EngineUnavailable(LimnerError):

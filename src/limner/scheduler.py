@@ -34,12 +34,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 
 from limner.engines.base import Engine
-from limner.engines.jobs import Job, JobContext
+from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext
 from limner.errors import JobCancelled, LimnerError, RateLimited
 
 log = logging.getLogger("limner.scheduler")
@@ -48,6 +48,36 @@ T = TypeVar("T")
 
 #: How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.2
+
+
+class Observer(Protocol):
+    """What the scheduler reports as it works (limner.server.metrics.Metrics is one)."""
+
+    def job_started(self, model: str, operation: str, queue_seconds: float) -> None: ...
+
+    def batch_ran(self, model: str, operation: str, seconds: float, images: int) -> None: ...
+
+    def images_made(self, model: str, operation: str, count: int) -> None: ...
+
+    def model_loaded(self, model: str, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def job_started(self, model: str, operation: str, queue_seconds: float) -> None:
+        """Nobody watches."""
+
+    def batch_ran(self, model: str, operation: str, seconds: float, images: int) -> None:
+        """Nobody watches."""
+
+    def images_made(self, model: str, operation: str, count: int) -> None:
+        """Nobody watches."""
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        """Nobody watches."""
+
+
+def operation_of(job: Job) -> str:
+    return "generate" if isinstance(job, GenerateJob) else "edit" if isinstance(job, EditJob) else "vary"
 
 
 @dataclass
@@ -84,6 +114,8 @@ class Ticket(Generic[T]):
     #: Set when the job starts: how long it waited, and how many images its engine run held.
     queue_ms: int | None = None
     batch_size: int | None = None
+    #: Set when it ends: how long its engine run took.
+    run_ms: int | None = None
 
     @property
     def images(self) -> int:
@@ -280,13 +312,25 @@ class Lane:
     def _run(self, scheduler: Scheduler, batch: list[Ticket[Any]]) -> None:
         live = [t for t in batch if not t.ctx.cancelled]
         outcomes: list[tuple[Ticket[Any], Any, BaseException | None]] = []
-        started = time.perf_counter()
+        observer = scheduler.observer
+        operation = operation_of(batch[0].job)
+        for ticket in batch:
+            observer.job_started(ticket.model, operation_of(ticket.job), (ticket.queue_ms or 0) / 1000)
+        seconds = 0.0
         try:
             if live:
-                outcomes = [self._finish(t, drawn) for t, drawn in zip(live, self._draw(live), strict=True)]
+                self._load(scheduler)
+                started = time.perf_counter()
+                drawn = self._draw(live)
+                seconds = time.perf_counter() - started
+                observer.batch_ran(batch[0].model, operation, seconds, sum(t.images for t in batch))
+                outcomes = [self._finish(t, d) for t, d in zip(live, drawn, strict=True)]
         except BaseException as exc:  # a whole-batch failure: every job in it gets the error
             outcomes = [(t, None, exc) for t in live]
-        seconds = time.perf_counter() - started
+        for ticket, _, error in outcomes:
+            ticket.run_ms = int(seconds * 1000)
+            if error is None:
+                observer.images_made(ticket.model, operation_of(ticket.job), ticket.images)
         ended = {id(t) for t, _, _ in outcomes}
         outcomes += [(t, None, JobCancelled()) for t in batch if id(t) not in ended]
         with self.cond:
@@ -312,6 +356,17 @@ class Lane:
             self.cond.notify_all()
         for ticket, value, error in outcomes:
             scheduler.ended(ticket, value, error)
+
+    def _load(self, scheduler: Scheduler) -> None:
+        """Load the engine on first use (idempotent), and say how long it took."""
+        if self.engine.loaded:
+            return
+        started = time.perf_counter()
+        self.engine.load()
+        seconds = time.perf_counter() - started
+        for model, limits in scheduler.models.items():
+            if limits.lane == self.key:
+                scheduler.observer.model_loaded(model, seconds)
 
     def _draw(self, live: list[Ticket[Any]]) -> list[list[Image.Image] | LimnerError]:
         """Each live job's images (or the error that was its alone)."""
@@ -352,8 +407,10 @@ class Scheduler:
         models: Mapping[str, ModelLimits],
         *,
         key_limits: KeyLimits | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.lanes = dict(lanes)
+        self.observer: Observer = observer or _Unobserved()
         self.models = dict(models)
         self.key_limits = key_limits or KeyLimits()
         self._lock = threading.Lock()
@@ -424,6 +481,7 @@ class Scheduler:
                 f"The engine for model '{ticket.model}' is busy: {busy} request"
                 f"{' is' if busy == 1 else 's are'} in progress or queued. Please retry after a short wait.",
                 retry_after=lane.retry_after(ticket.model, lane.queued()),
+                reason="queue_full",
             )
         max_queued, max_running = self.key_limits.max_queued, self.key_limits.max_running
         if max_queued is not None and not can_start:
@@ -433,6 +491,7 @@ class Scheduler:
                     f"Too many queued requests for this API key: {mine} (max_queued_per_key is "
                     f"{max_queued}). Please retry after a short wait.",
                     retry_after=lane.retry_after(ticket.model, mine),
+                    reason="max_queued_per_key",
                 )
         if max_running is not None and max_queued is None and not self.may_run(client):
             # Nothing of this client may wait (no max_queued_per_key): its running limit is the limit.
@@ -440,6 +499,7 @@ class Scheduler:
                 f"Too many running requests for this API key (max_running_per_key is {max_running}). "
                 "Please retry after a short wait.",
                 retry_after=lane.retry_after(ticket.model, 0),
+                reason="max_running_per_key",
             )
 
     # -- running (called by lanes) ----------------------------------------------------------------

@@ -192,3 +192,15 @@ async def test_limner_secret_is_shared_and_must_be_long(
     async with app_client(Settings.load(data_dir=tmp_path / "b")) as other:
         assert (await other.get(path)).status_code == 200
     assert not (tmp_path / "b" / "secret.key").exists()
+
+
+def test_keys_create_makes_a_fresh_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "new" / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "limner", "keys", "create", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (data / "auth-required").exists() and proc.stdout.strip().splitlines()[-1].startswith("lim-")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -90,18 +89,29 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            metavar="text|json",
+            help="text (readable lines) or json (one object per line, one line per request).  "
+            "[default: text]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the Images API server."""
     import uvicorn
     from pydantic import ValidationError
 
     from limner.errors import EngineUnavailable
+    from limner.server import logs
     from limner.server.app import create_app
     from limner.server.keys import KeyDatabaseError
     from limner.server.settings import Settings
     from limner.storage.files import SecretError
 
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, "json" if log_format == "json" else "text")
     try:
         settings = Settings.load(
             config,
@@ -110,8 +120,10 @@ def serve(
             data_dir=data_dir,
             public_url=public_url,
             auth=auth,
+            log_format=log_format,
             models=_parse_model_flags(model or []) or None,
         )
+        logs.configure(log_level, settings.log_format)  # the config file may say json
         application = create_app(settings)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -125,6 +137,8 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,  # uvicorn logs through the root logger set up above (text or JSON)
+        access_log=False,  # limner.access writes one richer line per request
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=5,

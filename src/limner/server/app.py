@@ -17,8 +17,9 @@ from limner.scheduler import KeyLimits, Lane, ModelLimits, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.keys import KeyStore
-from limner.server.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from limner.server.routes import docs, edits, files, generations, health, models, variations
+from limner.server.metrics import Metrics
+from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from limner.server.routes import docs, edits, files, generations, health, models, playground, variations
 from limner.server.settings import Settings
 from limner.storage import ImageStore
 from limner.storage.files import load_secret
@@ -37,7 +38,7 @@ async def _sweep_forever(store: ImageStore, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def build_scheduler(registry: EngineRegistry, settings: Settings) -> Scheduler:
+def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Metrics | None) -> Scheduler:
     """The scheduler's lanes and limits, from the configuration, before any request arrives."""
     lanes = {}
     for key, engine in registry.engines.items():
@@ -56,6 +57,7 @@ def build_scheduler(registry: EngineRegistry, settings: Settings) -> Scheduler:
         lanes,
         models,
         key_limits=KeyLimits(settings.max_queued_per_key, settings.max_running_per_key),
+        observer=observer,
     )
 
 
@@ -66,7 +68,10 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     registry = EngineRegistry(
         settings.models, sketch_concurrency=settings.sketch_concurrency, engines=engines
     )
-    scheduler = build_scheduler(registry, settings)
+    metrics = Metrics(list(registry.models), per_key=settings.metrics_per_key) if settings.metrics else None
+    scheduler = build_scheduler(registry, settings, metrics)
+    if metrics is not None:
+        metrics.watch(scheduler)
     secret = load_secret(data_dir / "secret.key", given=settings.secret)
     store = ImageStore(data_dir / "images", secret, settings.url_ttl_seconds)
     key_guard = KeyGuard(KeyStore(data_dir / "keys.sqlite3"), settings.auth)
@@ -75,9 +80,17 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for engine in registry.engines.values():
+        for key, engine in registry.engines.items():
             if engine.load_at_startup:
+                started = time.perf_counter()
                 await asyncio.to_thread(engine.load)
+                if metrics is not None:
+                    for name, served in registry.models.items():
+                        if served.engine_key == key:
+                            metrics.model_loaded(name, time.perf_counter() - started)
+        if metrics is not None:
+            for name, served in registry.models.items():
+                metrics.loaded.labels(name).set(1 if registry.engines[served.engine_key].loaded else 0)
         scheduler.start()
         for line in banner.startup_lines(settings, registry, startup_hashes):
             log.info("%s", line)
@@ -99,6 +112,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.scheduler = scheduler
     app.state.store = store
     app.state.key_guard = key_guard
+    app.state.metrics = metrics
     app.state.started = int(time.time())
 
     errors.install(app)
@@ -107,10 +121,18 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(files.router)
     app.include_router(health.router)
+    if metrics is not None:
+        app.include_router(
+            health.metrics_router, dependencies=[Depends(require_key)] if settings.metrics_require_key else []
+        )
     docs.install(app)
+    if settings.ui:
+        playground.install(app)
     openapi.install(app)
 
-    # Outermost first: ids and timing on every response, the 413 included.
+    # Outermost last: ids and timing on every response, the 413 included; the access record and the
+    # request metrics inside it, so that they see the request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AccessMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
     return app

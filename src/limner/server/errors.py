@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from limner.errors import InvalidRequest, JobCancelled, LimnerError, UnknownParameter
+from limner.errors import InvalidRequest, JobCancelled, LimnerError, RateLimited, UnknownParameter
 
 log = logging.getLogger("limner.server")
 
@@ -128,6 +128,9 @@ def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
 def install(app: FastAPI) -> None:
     @app.exception_handler(LimnerError)
     async def _limner(request: Request, exc: LimnerError) -> JSONResponse:
+        metrics = getattr(request.app.state, "metrics", None)
+        if isinstance(exc, RateLimited) and metrics is not None:
+            metrics.refused(getattr(request.state, "model", None), exc.reason)
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, for_log(exc.message, 500))
         return render(exc)
@@ -160,12 +163,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnect)
     async def _left(request: Request, exc: ClientDisconnect) -> JSONResponse:
-        # The client went away while sending its body: one line, no traceback; nobody reads the answer.
-        log.info(
-            "%s %s: the client disconnected before sending its whole body",
-            getattr(request.state, "request_id", "-"),
-            request.url.path,
-        )
+        # The client went away while sending its body: no traceback; the request's one access line
+        # says so. Nobody reads the answer (499: nginx's "client closed request").
+        request.state.note = "the client disconnected before sending its whole body"
         return envelope(499, "The client closed the request.", type="invalid_request_error")
 
     @app.exception_handler(JobCancelled)

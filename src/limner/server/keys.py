@@ -94,6 +94,7 @@ class KeyStore:
             return
         tmp = self.marker.with_name(f".{MARKER_NAME}.{secrets.token_hex(4)}.tmp")
         try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text("keys\n")
             tmp.replace(self.marker)
         except OSError as exc:

@@ -7,13 +7,20 @@ limit applies while the body is being received, before anything is buffered.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limner.errors import PayloadTooLarge
+
+if TYPE_CHECKING:
+    from limner.server.metrics import Metrics
+
+access_log = logging.getLogger("limner.access")
 
 
 class RequestContextMiddleware:
@@ -126,3 +133,77 @@ def _caused_by_body_limit(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+class AccessMiddleware:
+    """One record per request, once it is answered (streams: at their last byte): a line in the access
+    log and the request metrics. What the handlers learnt (model, n, size, key id, queue and run time)
+    travels in the request's state."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics | None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watching)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        template = route_template(scope)
+        state = scope.get("state", {})
+        model = state.get("model")
+        key = state.get("key_id")
+        if self.metrics is not None:
+            self.metrics.request(template, model, status, seconds, key)
+        access_log.info(
+            "%s %s %d",
+            scope["method"],
+            template,
+            status,
+            extra={
+                "fields": {
+                    "request_id": state.get("request_id"),
+                    "key_id": key,
+                    "method": scope["method"],
+                    "route": template,
+                    "model": model,
+                    "n": state.get("n"),
+                    "size": state.get("size"),
+                    "status": status,
+                    "queue_ms": state.get("queue_ms"),
+                    "run_ms": state.get("run_ms"),
+                    "ms": round(seconds * 1000),
+                    "note": state.get("note"),
+                }
+            },
+        )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template ("/v1/models/{model_id:path}"), never the raw path, so that metric
+    labels stay a bounded set. FastAPI keeps an included router's full path in its route context;
+    a mount (static files) is its prefix; nothing matched is "unmatched"."""
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    path = getattr(context, "path", None)
+    if isinstance(path, str):
+        return path
+    route = scope.get("route")
+    if isinstance(route, Mount):
+        return route.path + "/*"
+    if route is None and scope.get("root_path"):  # inside a mount that does not name itself
+        return str(scope["root_path"]) + "/*"
+    return getattr(route, "path", None) or "unmatched"

@@ -23,6 +23,7 @@ from limner.errors import LimnerError
 from limner.scheduler import Scheduler, Ticket
 from limner.server.errors import SERVER_ERROR_MESSAGE, for_log, log
 from limner.server.links import base_url
+from limner.server.metrics import Metrics
 from limner.storage import ImageStore
 
 StreamKind = Literal["image_generation", "image_edit"]
@@ -59,10 +60,13 @@ def job_fields(resolved: rules.Resolved) -> dict[str, Any]:
     )
 
 
-def _finisher(resolved: rules.Resolved, job: Job) -> Callable[[list[Image.Image]], list[bytes]]:
+def _finisher(
+    resolved: rules.Resolved, job: Job, metrics: Metrics | None
+) -> Callable[[list[Image.Image]], list[bytes]]:
     """What runs in the worker after the engine: the masked-edit guarantee, then encoding."""
 
     def finish(images: list[Image.Image]) -> list[bytes]:
+        started = time.perf_counter()
         if (
             isinstance(job, EditJob)
             and job.mask is not None
@@ -70,12 +74,15 @@ def _finisher(resolved: rules.Resolved, job: Job) -> Callable[[list[Image.Image]
         ):
             # Whatever the engine did, pixels outside the edited area come back exactly as sent.
             images = [imaging.compose(job.images[0], image, job.mask) for image in images]
-        return [
+        encoded = [
             imaging.encode_image(
                 image, output_format=resolved.output_format, compression=resolved.output_compression
             )
             for image in images
         ]
+        if metrics is not None:
+            metrics.encoded(resolved.profile.name, resolved.operation, time.perf_counter() - started)
+        return encoded
 
     return finish
 
@@ -100,9 +107,16 @@ def _submit(
     request: Request, work: Work, job: Job, ctx: JobContext, *, admitted: bool = False
 ) -> Ticket[list[bytes]]:
     scheduler: Scheduler = request.app.state.scheduler
-    return scheduler.submit(
-        work.model, job, ctx, _finisher(work.resolved, job), client=client_of(request), admitted=admitted
-    )
+    finish = _finisher(work.resolved, job, request.app.state.metrics)
+    return scheduler.submit(work.model, job, ctx, finish, client=client_of(request), admitted=admitted)
+
+
+def _note(request: Request, ticket: Ticket[Any]) -> None:
+    """The scheduler's times, for the access record."""
+    if getattr(request.state, "queue_ms", None) is None:
+        request.state.queue_ms = ticket.queue_ms
+    if ticket.run_ms is not None:
+        request.state.run_ms = (getattr(request.state, "run_ms", None) or 0) + ticket.run_ms
 
 
 async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONResponse:
@@ -111,6 +125,7 @@ async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONRe
     scheduler: Scheduler = request.app.state.scheduler
     ticket = _submit(request, work, work.job, JobContext())
     encoded = await scheduler.result(ticket, request.is_disconnected)
+    _note(request, ticket)
     body = await asyncio.to_thread(images_body, request, work, encoded, store)
     return JSONResponse(body, headers=observed(ticket))
 
@@ -125,9 +140,13 @@ def images_body(request: Request, work: Work, encoded: list[bytes], store: Image
     resolved = work.resolved
     profile = resolved.profile
     if resolved.response_format == "url":
+        started = time.perf_counter()
         data: list[dict[str, Any]] = [
             {"url": u} for u in _links(request, store, encoded, resolved.output_format)
         ]
+        metrics = request.app.state.metrics
+        if metrics is not None:
+            metrics.stored(profile.name, resolved.operation, time.perf_counter() - started)
     else:
         data = [{"b64_json": base64.b64encode(b).decode("ascii")} for b in encoded]
     if profile.revised_prompt:
@@ -208,6 +227,7 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
     # The headers say how long the first image waited and the size of its batch, so they are sent
     # when it starts (a client that leaves meanwhile cancels it).
     await scheduler.wait_started(first.ticket, request.is_disconnected)
+    request.state.queue_ms = first.ticket.queue_ms
 
     def partial_event(partial_index: int, data: bytes) -> bytes:
         payload = {
@@ -225,6 +245,7 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
                 while (item := await current.events.get()) is not None:
                     yield partial_event(*item)
                 (final,) = current.ticket.future.result()
+                _note(request, current.ticket)
                 usage = rules.usage_for(per_image_usage, input_sizes=work.input_sizes)
                 usage.pop("output_tokens_details", None)
                 yield sse(
@@ -276,6 +297,12 @@ def prepare(
         resolved.n,
         resolved.size,
         for_log(resolved.user),
+    )
+    # For the access record and the request metrics.
+    request.state.model, request.state.n, request.state.size = (
+        resolved.profile.name,
+        resolved.n,
+        resolved.size,
     )
     _, engine = state.registry.engine_for(resolved.profile.name)
     job = make_job(job_fields(resolved))

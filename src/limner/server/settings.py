@@ -23,6 +23,9 @@ The config file (``limner serve --config limner.toml``)::
     engine = "diffusers"
     source = "/models/sdxl-turbo"
 
+    metrics = true                               # GET /metrics; metrics_require_key = true puts it behind keys
+    ui = true                                    # the playground at /
+    log_format = "text"                          # or "json": one object per line, one line per request
     max_queued_per_key = 16                      # per API key (or address): 429 beyond this many waiting
     max_running_per_key = 2                      # ...and this many running at once
 
@@ -110,6 +113,15 @@ class Settings(BaseModel):
     #: The link-signing secret (>= 32 bytes), shared by servers that serve each other's links.
     #: Default: $LIMNER_SECRET, else a random one kept in the data dir.
     secret: str | None = Field(default=None, repr=False)
+    #: GET /metrics (Prometheus): off with false; behind the API key with metrics_require_key.
+    metrics: bool = True
+    metrics_require_key: bool = False
+    #: Label request counts with key ids (more series: one per key).
+    metrics_per_key: bool = False
+    #: The playground at /.
+    ui: bool = True
+    #: "text": readable lines; "json": one JSON object per line (and one per request) for log shippers.
+    log_format: Literal["text", "json"] = "text"
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None

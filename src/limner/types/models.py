@@ -1,6 +1,8 @@
 """GET /v1/models bodies."""
 
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import Field
 
 from limner.types._base import ResponseModel
 
@@ -10,6 +12,9 @@ class Model(ResponseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    #: limner extension: what the model accepts (operations, sizes or size rule, qualities, max n, max
+    #: input images, mask, streaming, transparency, fields). OpenAI's servers do not send it.
+    capabilities: dict[str, Any] | None = Field(default=None, description="limner extension.")
 
 
 class ModelList(ResponseModel):

@@ -1,12 +1,15 @@
-"""GET /health: 200 once the server is ready, with which engines are loaded."""
+"""GET /health: 200 once the server is ready, with which engines are loaded; GET /metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter()
+metrics_router = APIRouter()
 
 
 @router.get("/health")
@@ -23,3 +26,9 @@ async def health(request: Request) -> dict[str, Any]:
         # Per model: queued, running, done, cancelled, failed, batches, mean batch size, mean time.
         "scheduler": scheduler.health(),
     }
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: this process's own figures (scrape every replica)."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
+from limner import rules
+from limner.engines.base import EngineInfo
 from limner.errors import ModelNotFound
-from limner.types import Model, ModelList
+from limner.types import EXTENSION_FIELDS, Model, ModelList
 
 router = APIRouter()
 
 
 def _model(request: Request, name: str) -> Model:
-    served = request.app.state.registry.models[name]
-    return Model(id=name, created=request.app.state.started, owned_by=served.profile.owned_by)
+    served, engine = request.app.state.registry.engine_for(name)
+    return Model(
+        id=name,
+        created=request.app.state.started,
+        owned_by=served.profile.owned_by,
+        capabilities=capabilities(served.profile, engine.info),
+    )
+
+
+def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any]:
+    """What the model accepts, from the same rule profile that refuses what it does not: an extra field
+    on each model object (clients that do not know it ignore it; the playground builds its form from it)."""
+    fields = ["response_format", *EXTENSION_FIELDS]
+    if profile.gpt_fields:
+        fields += [
+            "background",
+            "moderation",
+            "output_format",
+            "output_compression",
+            "stream",
+            "partial_images",
+        ]
+    if profile.input_fidelity:
+        fields.append("input_fidelity")
+    if profile.style:
+        fields.append("style")
+    rule = None
+    if profile.free_size:
+        rule = {
+            "multiple": profile.size_multiple,
+            "max_side": profile.max_side,
+            "max_pixels": profile.max_pixels,
+            "max_aspect": profile.max_aspect,
+        }
+    return {
+        "operations": sorted(profile.operations),
+        "sizes": list(profile.sizes),
+        "size_rule": rule,
+        "auto_size": profile.gpt_fields,
+        "default_size": profile.default_size,
+        "qualities": list(profile.qualities),
+        "max_n": min(10, profile.max_n),
+        "max_images": profile.edit_max_images,
+        "mask": "edit" in profile.operations,
+        "streaming": profile.gpt_fields,
+        "transparency": profile.gpt_fields and info.extras.get("background") != "opaque",
+        "response_formats": ["url", "b64_json"],
+        "default_response_format": profile.default_response_format,
+        "fields": sorted(fields),
+    }
 
 
 @router.get("/models")
