@@ -612,6 +612,16 @@ class Scheduler:
             self.cancel(ticket)
             raise JobCancelled()
 
+    def position(self, ticket: Ticket[Any]) -> int | None:
+        """How many jobs a waiting job's worker will take before it (0: next), or None once started."""
+        lane = self.lane_of(ticket.model)
+        with lane.cond:
+            if ticket.state != "queued":
+                return None
+            return sum(
+                1 for queue in lane.waiting.values() for other in queue if other.enqueued < ticket.enqueued
+            )
+
     # -- observing --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:

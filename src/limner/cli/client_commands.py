@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from limner.client import ApiClient, ImagesApi
+    from limner.client import ApiClient, ImagesApi, JobsApi
 
 #: The CLI is limner's, so without OPENAI_BASE_URL it talks to a local `limner serve`.
 LOCAL_API = "http://127.0.0.1:8000/v1"
@@ -55,6 +55,53 @@ def _images_api(base_url: str, api_key: str | None) -> Iterator[ImagesApi]:
 
     with ApiClient(Configuration(host=base_url, access_token=api_key)) as client:
         yield ImagesApi(client)
+
+
+@contextmanager
+def _jobs_api(base_url: str, api_key: str | None) -> Iterator[JobsApi]:
+    from limner.client import ApiClient, Configuration, JobsApi
+
+    with ApiClient(Configuration(host=base_url, access_token=api_key)) as client:
+        yield JobsApi(client)
+
+
+jobs_app = typer.Typer(help="Asynchronous jobs on a limner server.", no_args_is_help=True)
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: Annotated[str, typer.Argument(help="The id `limner generate --async` printed.")],
+    output_dir: OutDir = Path("."),
+    base_url: BaseUrl = LOCAL_API,
+    api_key: ApiKey = None,
+) -> None:
+    """Wait for a job to end, write its images and print their paths."""
+    with _jobs_api(base_url, api_key) as jobs:
+        job = _run(lambda: jobs.wait(job_id))
+        if job.status != "completed" or job.result is None:
+            raise _fail(f"job {job_id} was {job.status}")
+        result = job.result
+        paths = _run(lambda: _save_all(result.data or [], result.created, output_dir, jobs.api_client))
+    _print_paths(paths)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    base_url: BaseUrl = LOCAL_API,
+    api_key: ApiKey = None,
+) -> None:
+    """List your jobs, newest first: id, status, operation, model."""
+    with _jobs_api(base_url, api_key) as jobs:
+        for job in _run(lambda: jobs.list(limit=limit)).data:
+            typer.echo(f"{job.id}\t{job.status}\t{job.operation}\t{job.model or '-'}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, base_url: BaseUrl = LOCAL_API, api_key: ApiKey = None) -> None:
+    """Cancel a queued or running job."""
+    with _jobs_api(base_url, api_key) as jobs:
+        typer.echo(f"{job_id}\t{_run(lambda: jobs.cancel(job_id)).status}")
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -183,11 +230,18 @@ def generate(
     partial_images: Partials = 2,
     output_dir: OutDir = Path("."),
     seed: Seed = None,
+    submit: Annotated[
+        bool, typer.Option("--async", help="Queue a job on the server and print its id (limner servers).")
+    ] = False,
     base_url: BaseUrl = LOCAL_API,
     api_key: ApiKey = None,
 ) -> None:
     """Create images from a prompt; writes them to files and prints their paths."""
     fields = _fields(n=n, size=size, model=model, quality=quality, output_format=output_format, seed=seed)
+    if submit:
+        with _jobs_api(base_url, api_key) as jobs:
+            typer.echo(_run(lambda: jobs.submit_image(prompt=prompt, **fields)).id)
+        return
     with _images_api(base_url, api_key) as api:
         paths = _produce(
             api,
@@ -270,3 +324,4 @@ def register(app: typer.Typer) -> None:
     app.command("edit")(edit)
     app.command("vary")(vary)
     app.command("models")(models)
+    app.add_typer(jobs_app, name="jobs")

@@ -31,6 +31,7 @@ from limner.client._exceptions import (
 )
 from limner.client._files import FileInput, sniff_content_type
 from limner.client._images import AsyncImagesApi, ImagesApi
+from limner.client._jobs import AsyncJobsApi, JobFailed, JobsApi
 from limner.client._models_api import AsyncModelsApi, ModelsApi
 from limner.client._response import ApiResponse
 from limner.client._save import (
@@ -53,6 +54,8 @@ from limner.types import (
     ImageEditPartialImageEvent,
     ImageGenCompletedEvent,
     ImageGenPartialImageEvent,
+    ImageJob,
+    ImageJobList,
     ImagesResponse,
     ImagesUsage,
     Model,
@@ -71,6 +74,7 @@ __all__ = [
     "ApiTimeoutError",
     "AsyncApiClient",
     "AsyncImagesApi",
+    "AsyncJobsApi",
     "AsyncModelsApi",
     "AsyncStream",
     "BadRequestException",
@@ -88,9 +92,13 @@ __all__ = [
     "ImageEditPartialImageEvent",
     "ImageGenCompletedEvent",
     "ImageGenPartialImageEvent",
+    "ImageJob",
+    "ImageJobList",
     "ImagesApi",
     "ImagesResponse",
     "ImagesUsage",
+    "JobFailed",
+    "JobsApi",
     "Model",
     "ModelList",
     "ModelsApi",

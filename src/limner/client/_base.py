@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import platform
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
+from pydantic import BaseModel, ValidationError
 
 from limner import __version__
 from limner.client._config import Configuration
 from limner.client._exceptions import (
     ApiConnectionError,
     ApiException,
+    ApiResponseValidationError,
     ApiTimeoutError,
     exception_class_for,
     parse_error_body,
@@ -44,10 +47,30 @@ class Call:
     timeout: float | httpx2.Timeout | None = None
     # Downloads of result URLs on other hosts must not carry the API key.
     send_auth: bool = True
+    #: Sent as Idempotency-Key on every attempt of this call: a retry of a request the server already
+    #: took is answered from that request's job instead of computing the images again.
+    idempotency_key: str | None = None
 
     @property
     def replayable(self) -> bool:
         return all(part.replayable for part in self.files)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], response: httpx2.Response, what: str) -> M:
+    """A 2xx body as `model`, or ApiResponseValidationError saying it is not `what`."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ApiResponseValidationError(
+            f"The response is not {what}: {exc}", response.status_code, response.content
+        ) from exc
+
+
+def new_idempotency_key() -> str:
+    return "limner-" + uuid.uuid4().hex
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
@@ -88,6 +111,8 @@ class BaseApiClient:
         headers["X-Stainless-Retry-Count"] = str(retries_taken)
         if call.json_body is not None:
             headers["Content-Type"] = "application/json"
+        if call.idempotency_key is not None:
+            headers["Idempotency-Key"] = call.idempotency_key
         headers.update(call.extra_headers)
         return headers
 

@@ -13,12 +13,11 @@ from types import TracebackType
 from typing import Any, Literal, overload
 
 import httpx2
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from limner.client._async_client import AsyncApiClient
-from limner.client._base import Call, encode_json, form_value
+from limner.client._base import Call, encode_json, form_value, new_idempotency_key, parse_body
 from limner.client._client import ApiClient
-from limner.client._exceptions import ApiResponseValidationError
 from limner.client._files import FileInput, file_parts
 from limner.client._response import ApiResponse
 from limner.client._streaming import AsyncStream, Stream
@@ -54,6 +53,7 @@ def generation_call(
         stream=bool(payload.get("stream")),
         extra_headers=dict(extra_headers or {}),
         timeout=timeout,
+        idempotency_key=new_idempotency_key(),
     )
 
 
@@ -75,6 +75,7 @@ def _multipart_call(
         stream=bool(merged.get("stream")),
         extra_headers=dict(extra_headers or {}),
         timeout=timeout,
+        idempotency_key=new_idempotency_key(),
     )
 
 
@@ -106,12 +107,7 @@ def variation_call(
 
 
 def parse_images_response(response: httpx2.Response) -> ImagesResponse:
-    try:
-        return ImagesResponse.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ApiResponseValidationError(
-            f"The response is not an ImagesResponse: {exc}", response.status_code, response.content
-        ) from exc
+    return parse_body(ImagesResponse, response, "an ImagesResponse")
 
 
 class ImagesApi:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import httpx2
-from pydantic import ValidationError
 
 from limner.client._async_client import AsyncApiClient
-from limner.client._base import Call
+from limner.client._base import Call, parse_body
 from limner.client._client import ApiClient
-from limner.client._exceptions import ApiResponseValidationError
 from limner.types import ModelList
 
 
 def _parse(response: httpx2.Response) -> ModelList:
-    try:
-        return ModelList.model_validate_json(response.content)
-    except ValidationError as exc:
-        raise ApiResponseValidationError(
-            f"The response is not a model list: {exc}", response.status_code, response.content
-        ) from exc
+    return parse_body(ModelList, response, "a model list")
 
 
 class ModelsApi:

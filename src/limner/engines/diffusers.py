@@ -892,8 +892,10 @@ class _StepCallback:
             # as well stops right here, before the final VAE decode that the flag alone would still run.
             pipe._interrupt = True
             raise JobCancelled()
+        total = int(getattr(pipe, "_num_timesteps", 0) or 0)
+        for entry in self._chunk:
+            entry.ctx.report_progress(step + 1, total)
         if self._schedules is None:
-            total = int(getattr(pipe, "_num_timesteps", 0) or 0)
             self._schedules = [
                 {s: k for k, s in enumerate(preview_steps(total, e.ctx.partial_images))}
                 if e.ctx.partial_images > 0

@@ -32,6 +32,8 @@ class JobContext:
 
     partial_images: int = 0
     on_partial: PartialCallback | None = None
+    #: Called with (steps done, steps in all) as the work advances (asynchronous jobs show it).
+    on_progress: Callable[[int, int], None] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -44,6 +46,10 @@ class JobContext:
     def check(self) -> None:
         if self.cancel_event.is_set():
             raise JobCancelled()
+
+    def report_progress(self, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, total)
 
     def report_partial(self, image_index: int, partial_index: int, preview: Image.Image) -> None:
         self.check()

@@ -228,6 +228,7 @@ class SketchEngine(EngineBase):
                 preview = small.resize((job.width, job.height), Image.Resampling.BILINEAR)
                 ctx.report_partial(i, p, finish(preview) if finish is not None else preview)
             out.append(draw(job.width, job.height, ctx.check))
+            ctx.report_progress(i + 1, job.n)
         ctx.check()
         return out
 

@@ -13,13 +13,15 @@ from fastapi import Depends, FastAPI
 from limner import __version__
 from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
+from limner.jobs.manager import JobManager
+from limner.jobs.store import JobStore
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.keys import KeyStore
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
-from limner.server.routes import docs, edits, files, generations, health, models, playground, variations
+from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
 from limner.server.settings import Settings
 from limner.storage import ImageStore
 from limner.storage.files import load_secret
@@ -27,12 +29,15 @@ from limner.storage.files import load_secret
 log = logging.getLogger("limner.server")
 
 
-async def _sweep_forever(store: ImageStore, interval: float) -> None:
+async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> None:
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
             if removed:
                 log.info("swept %d expired image(s)", removed)
+            ended = await asyncio.to_thread(jobs.sweep)
+            if ended:
+                log.info("swept %d expired job(s)", ended)
         except Exception:  # keep sweeping whatever one pass hit
             log.exception("sweeping expired images failed")
         await asyncio.sleep(interval)
@@ -92,11 +97,12 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             for name, served in registry.models.items():
                 metrics.loaded.labels(name).set(1 if registry.engines[served.engine_key].loaded else 0)
         scheduler.start()
+        await manager.recover()  # jobs a crash interrupted run again before anything new
         for line in banner.startup_lines(settings, registry, startup_hashes):
             log.info("%s", line)
         for warning in banner.startup_warnings(settings, startup_hashes):
             log.warning("%s", warning)
-        sweeper = asyncio.create_task(_sweep_forever(store, settings.sweep_interval_seconds))
+        sweeper = asyncio.create_task(_sweep_forever(store, job_store, settings.sweep_interval_seconds))
         try:
             yield
         finally:
@@ -112,12 +118,15 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.scheduler = scheduler
     app.state.store = store
     app.state.key_guard = key_guard
+    job_store = JobStore(data_dir / "jobs.sqlite3")
+    manager = JobManager(app, job_store)
+    app.state.jobs = manager
     app.state.metrics = metrics
     app.state.started = int(time.time())
 
     errors.install(app)
     v1 = [Depends(require_key)]
-    for router in (generations.router, edits.router, variations.router, models.router):
+    for router in (generations.router, edits.router, variations.router, jobs.router, models.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(files.router)
     app.include_router(health.router)

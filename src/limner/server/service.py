@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
 from limner import imaging, rules
@@ -103,6 +103,22 @@ def observed(ticket: Ticket[Any]) -> dict[str, str]:
     }
 
 
+def finisher(work: Work, metrics: Metrics | None) -> Callable[[list[Image.Image]], list[bytes]]:
+    """What a worker runs after the engine for this request's jobs (see _finisher)."""
+    return _finisher(work.resolved, work.job, metrics)
+
+
+def completed_event(work: Work, data: bytes) -> bytes:
+    """The `*.completed` stream event of one finished image (usage counts that one image)."""
+    resolved = work.resolved
+    kind = "image_generation" if resolved.operation == "generate" else "image_edit"
+    usage = rules.usage_for(replace(resolved, n=1), input_sizes=work.input_sizes)
+    usage.pop("output_tokens_details", None)
+    return sse(
+        f"{kind}.completed", {"type": f"{kind}.completed", **event_base(resolved, data), "usage": usage}
+    )
+
+
 def _submit(
     request: Request, work: Work, job: Job, ctx: JobContext, *, admitted: bool = False
 ) -> Ticket[list[bytes]]:
@@ -119,32 +135,43 @@ def _note(request: Request, ticket: Ticket[Any]) -> None:
         request.state.run_ms = (getattr(request.state, "run_ms", None) or 0) + ticket.run_ms
 
 
-async def run_to_body(request: Request, work: Work, store: ImageStore) -> JSONResponse:
+async def respond(request: Request, work: Work) -> Response:
+    """The answer the API gives: a stream of events, or the ImagesResponse."""
+    if work.resolved.stream:
+        kind: StreamKind = "image_generation" if work.resolved.operation == "generate" else "image_edit"
+        return await stream_response(request, work, kind)
+    return await run_to_body(request, work)
+
+
+def link_base(request: Request) -> str:
+    """Where links to stored images start: the configured public URL, else the request's own host."""
+    settings = request.app.state.settings
+    return base_url(request, settings.public_url, settings.trusted_proxies)
+
+
+async def run_to_body(request: Request, work: Work) -> JSONResponse:
     """Non-streaming: queue the job, wait for its encoded images (the connection is watched meanwhile:
     if the client leaves, the job is cancelled), answer ImagesResponse."""
     scheduler: Scheduler = request.app.state.scheduler
     ticket = _submit(request, work, work.job, JobContext())
     encoded = await scheduler.result(ticket, request.is_disconnected)
     _note(request, ticket)
-    body = await asyncio.to_thread(images_body, request, work, encoded, store)
+    state = request.app.state
+    body = await asyncio.to_thread(
+        images_body, work, encoded, store=state.store, base=link_base(request), metrics=state.metrics
+    )
     return JSONResponse(body, headers=observed(ticket))
 
 
-def _links(request: Request, store: ImageStore, encoded: list[bytes], fmt: str) -> list[str]:
-    settings = request.app.state.settings
-    base = base_url(request, settings.public_url, settings.trusted_proxies)
-    return [base + store.save(data, fmt) for data in encoded]
-
-
-def images_body(request: Request, work: Work, encoded: list[bytes], store: ImageStore) -> dict[str, Any]:
+def images_body(
+    work: Work, encoded: list[bytes], *, store: ImageStore, base: str, metrics: Metrics | None
+) -> dict[str, Any]:
+    """The ImagesResponse for encoded images (stored behind links in url mode)."""
     resolved = work.resolved
     profile = resolved.profile
     if resolved.response_format == "url":
         started = time.perf_counter()
-        data: list[dict[str, Any]] = [
-            {"url": u} for u in _links(request, store, encoded, resolved.output_format)
-        ]
-        metrics = request.app.state.metrics
+        data: list[dict[str, Any]] = [{"url": base + store.save(b, resolved.output_format)} for b in encoded]
         if metrics is not None:
             metrics.stored(profile.name, resolved.operation, time.perf_counter() - started)
     else:
@@ -183,7 +210,7 @@ def sse(event: str, payload: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-def _event_base(resolved: rules.Resolved, data: bytes) -> dict[str, Any]:
+def event_base(resolved: rules.Resolved, data: bytes) -> dict[str, Any]:
     # Stream events echo the *requested* settings (contract 5b), so `auto` may appear.
     return {
         "b64_json": base64.b64encode(data).decode("ascii"),
@@ -205,7 +232,6 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
     resolved = work.resolved
     scheduler: Scheduler = request.app.state.scheduler
     loop = asyncio.get_running_loop()
-    per_image_usage = replace(resolved, n=1)
 
     def start(index: int) -> _StreamJob:
         running = _StreamJob(JobContext(partial_images=resolved.partial_images))
@@ -232,7 +258,7 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
     def partial_event(partial_index: int, data: bytes) -> bytes:
         payload = {
             "type": f"{kind}.partial_image",
-            **_event_base(resolved, data),
+            **event_base(resolved, data),
             "partial_image_index": partial_index,
         }
         return sse(f"{kind}.partial_image", payload)
@@ -246,12 +272,7 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
                     yield partial_event(*item)
                 (final,) = current.ticket.future.result()
                 _note(request, current.ticket)
-                usage = rules.usage_for(per_image_usage, input_sizes=work.input_sizes)
-                usage.pop("output_tokens_details", None)
-                yield sse(
-                    f"{kind}.completed",
-                    {"type": f"{kind}.completed", **_event_base(resolved, final), "usage": usage},
-                )
+                yield completed_event(work, final)
                 current = None
         except LimnerError as exc:
             yield sse("error", exc.to_dict())

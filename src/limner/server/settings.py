@@ -122,6 +122,10 @@ class Settings(BaseModel):
     ui: bool = True
     #: "text": readable lines; "json": one JSON object per line (and one per request) for log shippers.
     log_format: Literal["text", "json"] = "text"
+    #: Asynchronous jobs may name a callback URL only under one of these prefixes.
+    callback_allow: list[str] = Field(default_factory=list)
+    #: Signs callbacks (X-Limner-Signature); default: the link-signing secret.
+    callback_secret: str | None = Field(default=None, repr=False)
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None

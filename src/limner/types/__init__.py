@@ -15,6 +15,7 @@ from limner.types.events import (
     ImageStreamEvent,
     parse_stream_event,
 )
+from limner.types.jobs import ImageJob, ImageJobList, JobProgress
 from limner.types.models import Model, ModelList
 from limner.types.requests import (
     EXTENSION_FIELDS,
@@ -57,12 +58,15 @@ __all__ = [
     "ImageGenPartialImageEvent",
     "ImageGenStreamEvent",
     "ImageGenUsage",
+    "ImageJob",
+    "ImageJobList",
     "ImageRef",
     "ImageStreamEvent",
     "ImagesResponse",
     "ImagesUsage",
     "InputFidelity",
     "InputTokensDetails",
+    "JobProgress",
     "Model",
     "ModelList",
     "Moderation",

@@ -23,6 +23,11 @@ FILE_FIELDS = ("image", "image[]", "mask")
 
 @router.post("/images/edits")
 async def create_image_edit(request: Request) -> Response:
+    return await request.app.state.jobs.respond(request, "edit", parse)
+
+
+async def parse(request: Request) -> service.Work:
+    """The request (multipart or JSON), checked and resolved into the engine's work."""
     kind = content_type(request)
     if kind == "application/json":
         return await _json_edit(request)
@@ -58,7 +63,7 @@ async def _edit(
     mask_source: Any,
     *,
     image_param: str = "image",
-) -> Response:
+) -> service.Work:
     uploads.check_count(profile, len(sources))
     rules.check_prompt(profile, req.prompt)  # cheap checks before any image is decoded
     max_pixels = request.app.state.settings.max_input_pixels
@@ -69,7 +74,7 @@ async def _edit(
     ]
     mask = await uploads.edit_mask(profile, images, mask_source, max_pixels=max_pixels)
     resolved = rules.resolve_edit(request.app.state.lookup, req, input_size=images[0].size)
-    work = service.prepare(
+    return service.prepare(
         request,
         resolved,
         lambda fields: EditJob(
@@ -77,12 +82,9 @@ async def _edit(
         ),
         input_sizes=[im.size for im in images],
     )
-    if resolved.stream:
-        return await service.stream_response(request, work, "image_edit")
-    return await service.run_to_body(request, work, request.app.state.store)
 
 
-async def _json_edit(request: Request) -> Response:
+async def _json_edit(request: Request) -> service.Work:
     req = validate(EditImageJsonRequest, await json_object(request))
     profile = request.app.state.lookup.for_edit(req.model)
     if not profile.gpt_fields:

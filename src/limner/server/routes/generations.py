@@ -17,6 +17,11 @@ router = APIRouter()
 
 @router.post("/images/generations")
 async def create_image(request: Request) -> Response:
+    return await request.app.state.jobs.respond(request, "generate", parse)
+
+
+async def parse(request: Request) -> service.Work:
+    """The request, checked and resolved into the engine's work (a 400 for anything invalid)."""
     if content_type(request) not in ("application/json", ""):
         raise InvalidRequest(
             f"Unsupported content type '{content_type(request)}' for this endpoint: send application/json."
@@ -24,7 +29,4 @@ async def create_image(request: Request) -> Response:
     req = validate(CreateImageRequest, await json_object(request))
     state = request.app.state
     resolved = rules.resolve_generation(state.lookup, req)
-    work = service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))
-    if resolved.stream:
-        return await service.stream_response(request, work, "image_generation")
-    return await service.run_to_body(request, work, state.store)
+    return service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))

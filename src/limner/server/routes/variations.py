@@ -18,6 +18,11 @@ router = APIRouter()
 
 @router.post("/images/variations")
 async def create_image_variation(request: Request) -> Response:
+    return await request.app.state.jobs.respond(request, "vary", parse)
+
+
+async def parse(request: Request) -> service.Work:
+    """The request, checked and resolved into the engine's work (a 400 for anything invalid)."""
     if content_type(request) != "multipart/form-data":
         raise InvalidRequest(
             f"Unsupported content type '{content_type(request)}' for this endpoint: send multipart/form-data."
@@ -38,5 +43,4 @@ async def create_image_variation(request: Request) -> Response:
         )
     finally:
         form.close()
-    work = service.prepare(request, resolved, lambda fields: VaryJob(image=image, **fields))
-    return await service.run_to_body(request, work, request.app.state.store)
+    return service.prepare(request, resolved, lambda fields: VaryJob(image=image, **fields))

@@ -1,0 +1,580 @@
+"""Jobs that are never lost: Idempotency-Key, asynchronous jobs (`Prefer: respond-async`), and a queue
+that survives a restart.
+
+Every image request comes through `JobManager.respond`. A plain request (no Idempotency-Key, no
+Prefer) is served as before. Otherwise the request is checked (a 400 stores nothing), written to the
+job store with its body, queued, and only then answered: 202 with the job for asynchronous requests;
+for synchronous ones with a key, the ImagesResponse (or the stream) once the job is done. A retry
+with the same key and body gets the same answer, attaching to the job while it runs; the same key
+with another body is a 400 naming the header. A job with a key does not stop when its client leaves:
+the retry will want it.
+
+After a crash, `recover()` runs every job that was queued or running again, from the stored request,
+through the same parsing code as a new request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+
+from limner import imaging
+from limner.engines.jobs import JobContext
+from limner.errors import InvalidRequest, JobCancelled, LimnerError, NotFound
+from limner.jobs.store import ENDED, JobRecord, JobStore
+from limner.scheduler import Scheduler, Ticket
+from limner.server import service
+from limner.server.errors import SERVER_ERROR_MESSAGE
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("limner.jobs")
+
+Parse = Callable[[Request], Awaitable[service.Work]]
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+CALLBACK_HEADER = "X-Limner-Callback-Url"
+SIGNATURE_HEADER = "X-Limner-Signature"
+
+
+def owner_of(request: Request) -> str:
+    """Who a job belongs to: the API key's id, or "-" on a server without keys."""
+    return str(getattr(request.state, "key_id", None) or "-")
+
+
+def fingerprint(content_type: str, body: bytes) -> str:
+    """What makes two requests "the same": JSON by its parsed value, multipart by its parts (the
+    boundary changes on every retry of most clients), anything else by its bytes."""
+    kind = content_type.split(";")[0].strip().lower()
+    digest = hashlib.sha256(kind.encode() + b"\0")
+    if kind == "application/json":
+        try:
+            digest.update(json.dumps(json.loads(body), sort_keys=True).encode())
+            return digest.hexdigest()
+        except (ValueError, RecursionError):
+            pass
+    elif kind == "multipart/form-data":
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
+        if message.is_multipart():
+            for part in message.iter_parts():
+                digest.update(str(part.get_param("name", header="content-disposition")).encode() + b"\0")
+                payload = part.get_payload(decode=True)
+                digest.update(payload if isinstance(payload, bytes) else b"")
+                digest.update(b"\0")
+            return digest.hexdigest()
+    digest.update(body)
+    return digest.hexdigest()
+
+
+@dataclass
+class Live:
+    """A job running in this process: what its watchers need while it is not in the store yet."""
+
+    record: JobRecord
+    ctx: JobContext
+    ticket: Ticket[list[bytes]] | None = None
+    progress: tuple[int, int] | None = None
+    #: Server-sent events so far (partial images, progress), for /events and idempotent streams.
+    feed: list[bytes] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publish(self, chunk: bytes | None = None) -> None:
+        if chunk is not None:
+            self.feed.append(chunk)
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def follow(self, start: int = 0) -> AsyncIterator[bytes]:
+        """Every event from `start` on, until the job is done."""
+        index = start
+        while True:
+            changed = self.changed
+            while index < len(self.feed):
+                yield self.feed[index]
+                index += 1
+            if self.done.is_set():
+                return
+            await changed.wait()
+
+
+class JobManager:
+    def __init__(self, app: FastAPI, store: JobStore) -> None:
+        self.app = app
+        self.store = store
+        self.live: dict[str, Live] = {}
+        self._claims: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        scheduler: Scheduler = self.app.state.scheduler
+        return scheduler
+
+    # -- the image routes -----------------------------------------------------------------------
+
+    async def respond(self, request: Request, operation: str, parse: Parse) -> Response:
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        asynchronous = "respond-async" in request.headers.get("prefer", "").lower()
+        if key is None and not asynchronous:
+            return await service.respond(request, await parse(request))
+        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+            raise InvalidRequest(
+                f"The {IDEMPOTENCY_HEADER} header must be 1 to 255 printable characters.",
+                param=IDEMPOTENCY_HEADER,
+            )
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        digest = await asyncio.to_thread(fingerprint, content_type, body)
+        owner = owner_of(request)
+        claim = self._claims.setdefault((owner, key), asyncio.Lock()) if key else contextlib.nullcontext()
+        async with claim:  # one request per key at a time: a concurrent duplicate finds the first job
+            if key is not None:
+                existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key)
+                if existing is not None:
+                    if existing.fingerprint != digest:
+                        raise InvalidRequest(
+                            f"This {IDEMPOTENCY_HEADER} was already used with a different request. Use a "
+                            "new key for a new request.",
+                            param=IDEMPOTENCY_HEADER,
+                            code="idempotency_key_reused",
+                        )
+                    return await self._answer(request, existing, asynchronous)
+            work = await parse(request)  # a request that is not valid is refused here; nothing is stored
+            now = int(time.time())
+            record = JobRecord(
+                id="imgjob_" + secrets.token_hex(12),
+                owner=owner,
+                idempotency_key=key,
+                fingerprint=digest,
+                mode="async" if asynchronous else "sync",
+                operation=operation,
+                route=request.url.path,
+                model=work.model,
+                status="queued",
+                created_at=now,
+                updated_at=now,
+                expires_at=None,
+                content_type=content_type,
+                body=body,
+                base_url=service.link_base(request),
+                callback_url=self._callback(request),
+                stream=work.resolved.stream and not asynchronous,
+            )
+            await asyncio.to_thread(self.store.insert, record)
+            try:
+                live = self._start(record, work, service.client_of(request), admitted=False)
+            except LimnerError:  # the queue is full: nothing was accepted
+                await asyncio.to_thread(self.store.delete, record.id)
+                raise
+        if key is not None and not self._claims[(owner, key)].locked():
+            self._claims.pop((owner, key), None)
+        if asynchronous:
+            return self._job_response(record, live, status=202)
+        return await self._answer_live(request, live)
+
+    def _callback(self, request: Request) -> str | None:
+        url = request.headers.get(CALLBACK_HEADER)
+        if url is None:
+            return None
+        allowed = self.app.state.settings.callback_allow
+        if not any(url.startswith(prefix) for prefix in allowed):
+            raise InvalidRequest(
+                f"This {CALLBACK_HEADER} is not allowed: the server's callback_allow list has no prefix of it.",
+                param=CALLBACK_HEADER,
+            )
+        return url
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _start(self, record: JobRecord, work: service.Work, client: str, *, admitted: bool) -> Live:
+        """Queue the job's first engine run now (a full queue raises at once), drive the rest in a task."""
+        resolved = work.resolved
+        loop = asyncio.get_running_loop()
+        streaming = record.stream or record.mode == "async"
+        live = Live(record, JobContext(partial_images=resolved.partial_images if streaming else 0))
+        kind = "image_generation" if resolved.operation == "generate" else "image_edit"
+
+        def on_partial(image: int, index: int, preview: Image.Image) -> None:
+            data = imaging.encode_preview(preview, output_format=resolved.output_format)
+            payload = {
+                "type": f"{kind}.partial_image",
+                **service.event_base(resolved, data),
+                "partial_image_index": index,
+            }
+            loop.call_soon_threadsafe(live.publish, service.sse(f"{kind}.partial_image", payload))
+
+        def on_progress(done: int, total: int) -> None:
+            live.progress = (done, total)
+
+        live.ctx.on_partial = on_partial
+        live.ctx.on_progress = on_progress
+        # A stream runs image after image (its events come image by image); otherwise one run of n.
+        jobs = (
+            [replace(work.job, n=1, seed=work.job.seed + i) for i in range(resolved.n)]
+            if record.stream
+            else [work.job]
+        )
+        first = self.scheduler.submit(
+            work.model,
+            jobs[0],
+            live.ctx,
+            service.finisher(work, self.app.state.metrics),
+            client=client,
+            admitted=admitted,
+        )
+        live.ticket = first
+        self.live[record.id] = live
+        task = asyncio.create_task(self._drive(live, work, jobs, client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return live
+
+    async def _drive(self, live: Live, work: service.Work, jobs: list[Any], client: str) -> None:
+        record = live.record
+        state = self.app.state
+        ttl = state.settings.url_ttl_seconds
+        encoded: list[bytes] = []
+        try:
+            for index, job in enumerate(jobs):
+                if index > 0:
+                    live.ticket = self.scheduler.submit(
+                        work.model,
+                        job,
+                        live.ctx,
+                        service.finisher(work, self.app.state.metrics),
+                        client=client,
+                        admitted=True,
+                    )
+                assert live.ticket is not None
+                await self.scheduler.wait_started(live.ticket)
+                if record.status == "queued":
+                    record.status = "in_progress"
+                    await asyncio.to_thread(self.store.update, record.id, status="in_progress")
+                    live.publish()
+                images = await self.scheduler.result(live.ticket)
+                encoded += images
+                if record.stream:
+                    live.publish(service.completed_event(work, images[0]))
+            # Stream events carry the bytes themselves, so a stream's response is b64_json.
+            answered = work
+            if record.stream:
+                answered = replace(work, resolved=replace(work.resolved, response_format="b64_json"))
+            result: Any = await asyncio.to_thread(
+                service.images_body,
+                answered,
+                encoded,
+                store=state.store,
+                base=record.base_url,
+                metrics=state.metrics,
+            )
+            if record.stream:  # what a retry replays: the final events, as they were sent
+                events = [chunk.decode() for chunk in live.feed if b".completed" in chunk[:40]]
+                result = {"response": result, "events": events}
+            record.status, record.result = "completed", result
+            await asyncio.to_thread(
+                self.store.end, record.id, "completed", ttl=ttl, result=result, status_code=200
+            )
+        except (JobCancelled, asyncio.CancelledError):
+            record.status = "cancelled"
+            await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
+        except LimnerError as exc:
+            record.status, record.error, record.status_code = "failed", exc.to_dict(), exc.status_code
+            await asyncio.to_thread(
+                self.store.end, record.id, "failed", ttl=ttl, error=exc.to_dict(), status_code=exc.status_code
+            )
+        except Exception:
+            log.exception("job %s failed", record.id)
+            error = {
+                "error": {
+                    "message": SERVER_ERROR_MESSAGE,
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            record.status, record.error, record.status_code = "failed", error, 500
+            await asyncio.to_thread(
+                self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500
+            )
+        finally:
+            record.body = None
+            live.done.set()
+            live.publish()
+            self.live.pop(record.id, None)
+            if record.callback_url:
+                await self._call_back(record)
+
+    async def recover(self) -> int:
+        """Run again every job that was queued or running when the server stopped; return how many."""
+        records = await asyncio.to_thread(self.store.active)
+        for record in records:
+            request = self._replayed_request(record)
+            try:
+                work = await self._parse_for(record)(request)
+                self._start(record, work, record.owner, admitted=True)
+            except LimnerError as exc:
+                await asyncio.to_thread(
+                    self.store.end,
+                    record.id,
+                    "failed",
+                    ttl=self.app.state.settings.url_ttl_seconds,
+                    error=exc.to_dict(),
+                    status_code=exc.status_code,
+                )
+        if records:
+            log.info("resumed %d job(s) that were queued or running", len(records))
+        return len(records)
+
+    def _parse_for(self, record: JobRecord) -> Parse:
+        from limner.server.routes import edits, generations, variations
+
+        return {"generate": generations.parse, "edit": edits.parse, "vary": variations.parse}[
+            record.operation
+        ]
+
+    def _replayed_request(self, record: JobRecord) -> Request:
+        """A request object over the stored body, as the routes' parsing code reads it."""
+        body = record.body or b""
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": record.route,
+            "raw_path": record.route.encode(),
+            "query_string": b"",
+            "headers": [(b"content-type", record.content_type.encode("latin-1"))],
+            "app": self.app,
+            "state": {"key_id": None if record.owner == "-" else record.owner, "request_id": record.id},
+            "client": None,
+            "server": None,
+            "scheme": "http",
+            "root_path": "",
+        }
+        return Request(scope, receive)
+
+    async def _call_back(self, record: JobRecord) -> None:
+        """POST the ended job to its callback URL, signed: `t=<unix time>,v1=<hex HMAC-SHA256 of
+        "<t>.<body>">` with the server's callback secret, so the receiver can check it came from here."""
+        import httpx2
+
+        settings = self.app.state.settings
+        secret = (settings.callback_secret or "").encode() or self.app.state.store.secret
+        payload = json.dumps(job_object(record, None)).encode()
+        stamp = str(int(time.time()))
+        signature = hmac.new(secret, stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
+        headers = {"content-type": "application/json", SIGNATURE_HEADER: f"t={stamp},v1={signature}"}
+        async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as client:
+            for attempt in range(3):
+                try:
+                    response = await client.post(record.callback_url or "", content=payload, headers=headers)
+                    if response.status_code < 500:
+                        return
+                except httpx2.HTTPError as exc:
+                    log.warning("callback for %s failed: %s", record.id, exc)
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    async def _answer(self, request: Request, record: JobRecord, asynchronous: bool) -> Response:
+        live = self.live.get(record.id)
+        if asynchronous:
+            return self._job_response(live.record if live else record, live, status=202 if live else 200)
+        if live is not None:
+            return await self._answer_live(request, live)
+        return self._replay(record)
+
+    async def _answer_live(self, request: Request, live: Live) -> Response:
+        record = live.record
+        if record.stream:
+            return StreamingResponse(
+                self._stream(live), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
+        # The job goes on if this client leaves (its retry will want it): only the waiting stops.
+        waiter = asyncio.ensure_future(live.done.wait())
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=0.2)
+                if not waiter.done() and await request.is_disconnected():
+                    raise JobCancelled()
+        finally:
+            waiter.cancel()
+        return self._replay(record)
+
+    async def _stream(self, live: Live) -> AsyncIterator[bytes]:
+        async for chunk in live.follow():
+            yield chunk
+        if live.record.status == "failed":
+            yield service.sse("error", live.record.error)
+
+    def _replay(self, record: JobRecord) -> Response:
+        if record.status == "completed":
+            if record.stream:
+                chunks = [c.encode() for c in record.result["events"]]
+
+                async def events() -> AsyncIterator[bytes]:
+                    for chunk in chunks:
+                        yield chunk
+
+                return StreamingResponse(events(), media_type="text/event-stream")
+            return JSONResponse(record.result)
+        if record.status == "failed":
+            return JSONResponse(record.error, status_code=record.status_code or 500)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": f"The job for this {IDEMPOTENCY_HEADER} was cancelled; send the request "
+                    "again with a new key.",
+                    "type": "invalid_request_error",
+                    "param": IDEMPOTENCY_HEADER,
+                    "code": "job_cancelled",
+                }
+            },
+            status_code=409,
+        )
+
+    def _job_response(self, record: JobRecord, live: Live | None, *, status: int = 200) -> JSONResponse:
+        return JSONResponse(
+            job_object(record, live, position=self._position(live)),
+            status_code=status,
+            headers={"Location": f"/v1/images/jobs/{record.id}"},
+        )
+
+    def _position(self, live: Live | None) -> int | None:
+        if live is None or live.ticket is None or live.record.status != "queued":
+            return None
+        return self.scheduler.position(live.ticket)
+
+    # -- the jobs routes --------------------------------------------------------------------------
+
+    async def find(self, request: Request, job_id: str) -> tuple[JobRecord, Live | None]:
+        live = self.live.get(job_id)
+        record = live.record if live else await asyncio.to_thread(self.store.get, job_id)
+        if record is None or record.owner != owner_of(request):
+            # Another key's job is as unknown as a job that never was.
+            raise NotFound(f"No job with id '{job_id}'.", param="id", code="job_not_found")
+        return record, live
+
+    async def retrieve(self, request: Request, job_id: str) -> JSONResponse:
+        record, live = await self.find(request, job_id)
+        return JSONResponse(job_object(record, live, position=self._position(live)))
+
+    async def cancel(self, request: Request, job_id: str) -> JSONResponse:
+        record, live = await self.find(request, job_id)
+        if live is not None and record.status not in ENDED:
+            live.ctx.cancel()
+            if live.ticket is not None:
+                self.scheduler.cancel(live.ticket)
+            await live.done.wait()
+        return JSONResponse(job_object(record, None))
+
+    async def listing(self, request: Request, limit: int, before: int | None) -> JSONResponse:
+        records = await asyncio.to_thread(
+            self.store.of_owner, owner_of(request), limit=limit + 1, before=before
+        )
+        data = [
+            job_object(self.live[r.id].record if r.id in self.live else r, self.live.get(r.id))
+            for r in records[:limit]
+        ]
+        return JSONResponse({"object": "list", "data": data, "has_more": len(records) > limit})
+
+    async def events(self, request: Request, job_id: str) -> StreamingResponse:
+        record, live = await self.find(request, job_id)
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield service.sse("image_job.status", job_object(record, live, position=self._position(live)))
+            if live is not None:
+                last = None
+                follower = live.follow()
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(follower.__anext__(), timeout=0.5)
+                    except TimeoutError:
+                        chunk = None
+                    except StopAsyncIteration:
+                        break
+                    if chunk is not None:
+                        yield chunk
+                    now = (live.record.status, live.progress)
+                    if now != last:
+                        last = now
+                        yield service.sse(
+                            "image_job.progress", job_object(live.record, live, position=self._position(live))
+                        )
+            final = live.record if live else record
+            if final.status == "completed":
+                kind = "image_generation" if final.operation == "generate" else "image_edit"
+                for item in response_of(final)["data"]:
+                    yield service.sse(f"{kind}.completed", {"type": f"{kind}.completed", **item})
+            if final.status == "failed":
+                yield service.sse("error", final.error)
+            yield service.sse(f"image_job.{final.status}", job_object(final, None))
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        )
+
+
+def response_of(record: JobRecord) -> dict[str, Any]:
+    """A completed job's ImagesResponse (a stream's is kept beside the events it replays)."""
+    result: dict[str, Any] = record.result["response"] if record.stream else record.result
+    return result
+
+
+def job_object(record: JobRecord, live: Live | None, *, position: int | None = None) -> dict[str, Any]:
+    """The job as the API shows it (`object: "image.job"`)."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "object": "image.job",
+        "status": record.status,
+        "created_at": record.created_at,
+        "model": record.model,
+        "operation": record.operation,
+    }
+    if position is not None:
+        body["queue_position"] = position
+    if live is not None and live.progress is not None and record.status == "in_progress":
+        body["progress"] = {"step": live.progress[0], "steps": live.progress[1]}
+    if record.status == "completed":
+        body["result"] = response_of(record)
+    if record.status == "failed":
+        body["error"] = (record.error or {}).get("error")
+    if record.expires_at is not None:
+        body["expires_at"] = record.expires_at
+    return body
+
+
+__all__ = [
+    "CALLBACK_HEADER",
+    "IDEMPOTENCY_HEADER",
+    "SIGNATURE_HEADER",
+    "JobManager",
+    "fingerprint",
+    "job_object",
+]

@@ -1,0 +1,213 @@
+"""The job store: every accepted asynchronous job (and every request with an Idempotency-Key) is
+written here, with the request as it arrived, before the client gets an answer. SQLite in the data
+dir (WAL, so readers never wait for the writer), one row per job.
+
+What a row holds is enough to run the job again after a crash: the request's method-independent
+parts (route, content type, body, the host it was addressed to, the key that owns it). Results and
+inputs are deleted when the job expires (the url TTL after it ended).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    idempotency_key TEXT,
+    fingerprint TEXT NOT NULL,
+    mode TEXT NOT NULL,                -- async | sync
+    operation TEXT NOT NULL,           -- generate | edit | vary
+    route TEXT NOT NULL,
+    model TEXT,
+    status TEXT NOT NULL,              -- queued | in_progress | completed | failed | cancelled
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    content_type TEXT NOT NULL,
+    body BLOB,
+    base_url TEXT NOT NULL,
+    callback_url TEXT,
+    stream INTEGER NOT NULL DEFAULT 0,
+    result TEXT,                       -- the ImagesResponse (JSON), or the stream's final events
+    error TEXT,                        -- the error envelope (JSON)
+    status_code INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+ACTIVE = ("queued", "in_progress")
+ENDED = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class JobRecord:
+    id: str
+    owner: str
+    idempotency_key: str | None
+    fingerprint: str
+    mode: str
+    operation: str
+    route: str
+    model: str | None
+    status: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    content_type: str
+    body: bytes | None
+    base_url: str
+    callback_url: str | None = None
+    stream: bool = False
+    result: Any = None
+    error: Any = None
+    status_code: int | None = None
+    #: Not stored: filled in by the runner while the job lives in this process.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_COLUMNS = (
+    "id, owner, idempotency_key, fingerprint, mode, operation, route, model, status, created_at, "
+    "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code"
+)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    values = list(row)
+    values[16] = bool(values[16])
+    values[17] = json.loads(values[17]) if values[17] is not None else None
+    values[18] = json.loads(values[18]) if values[18] is not None else None
+    return JobRecord(*values)
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an accepted job survives a power cut, not just kill -9
+            self._local.db = db
+        with db:
+            yield db
+
+    def insert(self, job: JobRecord) -> None:
+        """Write a new job (raises sqlite3.IntegrityError when its idempotency key is taken)."""
+        with self._connect() as db:
+            db.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 20)})",
+                (
+                    job.id,
+                    job.owner,
+                    job.idempotency_key,
+                    job.fingerprint,
+                    job.mode,
+                    job.operation,
+                    job.route,
+                    job.model,
+                    job.status,
+                    job.created_at,
+                    job.updated_at,
+                    job.expires_at,
+                    job.content_type,
+                    job.body,
+                    job.base_url,
+                    job.callback_url,
+                    int(job.stream),
+                    None,
+                    None,
+                    None,
+                ),
+            )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._connect() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _record(row) if row else None
+
+    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        with self._connect() as db:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def of_owner(self, owner: str, *, limit: int = 20, before: int | None = None) -> list[JobRecord]:
+        query = f"SELECT {_COLUMNS} FROM jobs WHERE owner = ?"
+        args: list[Any] = [owner]
+        if before is not None:
+            query += " AND created_at < ?"
+            args.append(before)
+        query += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        args.append(limit)
+        with self._connect() as db:
+            return [_record(row) for row in db.execute(query, args).fetchall()]
+
+    def active(self) -> list[JobRecord]:
+        """Jobs that were queued or running: what a restart must run again, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, rowid"
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = int(time.time())
+        for name in ("result", "error"):
+            if name in fields and fields[name] is not None:
+                fields[name] = json.dumps(fields[name])
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+
+    def end(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        ttl: int,
+        result: Any = None,
+        error: Any = None,
+        status_code: int | None = None,
+    ) -> None:
+        """The job ended: keep its answer for `ttl` seconds; its inputs are no longer needed."""
+        self.update(
+            job_id,
+            status=status,
+            result=result,
+            error=error,
+            status_code=status_code,
+            expires_at=int(time.time()) + ttl,
+            body=None,
+        )
+
+    def delete(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete jobs whose answer has expired; return how many."""
+        cutoff = int(now if now is not None else time.time())
+        with self._connect() as db:
+            cur = db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at < ?", (cutoff,))
+        return cur.rowcount

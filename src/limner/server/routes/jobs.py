@@ -1,0 +1,37 @@
+"""The jobs API: GET /v1/images/jobs, GET /v1/images/jobs/{id}, GET /v1/images/jobs/{id}/events,
+DELETE /v1/images/jobs/{id}. A job is its API key's: another key gets 404."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+router = APIRouter()
+
+
+@router.get("/images/jobs")
+async def list_jobs(
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    before: int | None = Query(None, description="only jobs created before this unix time"),
+) -> JSONResponse:
+    response: JSONResponse = await request.app.state.jobs.listing(request, limit, before)
+    return response
+
+
+@router.get("/images/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> JSONResponse:
+    response: JSONResponse = await request.app.state.jobs.retrieve(request, job_id)
+    return response
+
+
+@router.get("/images/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: str) -> StreamingResponse:
+    response: StreamingResponse = await request.app.state.jobs.events(request, job_id)
+    return response
+
+
+@router.delete("/images/jobs/{job_id}")
+async def cancel_job(request: Request, job_id: str) -> JSONResponse:
+    response: JSONResponse = await request.app.state.jobs.cancel(request, job_id)
+    return response

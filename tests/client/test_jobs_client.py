@@ -1,0 +1,92 @@
+"""limner.client's jobs: the automatic Idempotency-Key, JobsApi against `limner serve`, and the CLI's
+`generate --async` / `jobs wait`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from limner.cli.main import app
+from limner.client import (
+    ApiClient,
+    AsyncApiClient,
+    AsyncJobsApi,
+    Configuration,
+    ImagesApi,
+    JobFailed,
+    JobsApi,
+)
+from tests.client.scripted_server import Reply, scripted
+from tests.support.server import RunningServer
+
+
+def test_one_idempotency_key_travels_with_every_retry() -> None:
+    with scripted(Reply(503, {"retry-after-ms": "10"}, b"busy"), Reply()) as server:
+        api = ImagesApi(ApiClient(Configuration(host=server.url, access_token="sk", max_retries=2)))
+        api.create_image(prompt="a cat")
+        api.create_image(prompt="a dog")
+    keys = [r.headers["idempotency-key"] for r in server.received]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]  # the retry reuses it; a new call does not
+
+
+def test_submit_wait_and_list(server: RunningServer) -> None:
+    with ApiClient(Configuration(host=server.api_base, access_token=None)) as client:
+        jobs = JobsApi(client)
+        job = jobs.submit_image(prompt="a red sun", model="gpt-image-1", quality="low", seed=21)
+        assert job.status in ("queued", "in_progress", "completed") and job.operation == "generate"
+        done = jobs.wait(job.id, interval=0.05, timeout=120)
+        sync = ImagesApi(client).create_image(prompt="a red sun", model="gpt-image-1", quality="low", seed=21)
+        assert done.result is not None and done.result.data[0].b64_json == sync.data[0].b64_json
+        assert job.id in {j.id for j in jobs.list(limit=50).data}
+        failing = jobs.submit_image(prompt="x", model="gpt-image-1", size="1024x1024", quality="low")
+        assert jobs.cancel(failing.id).status in ("cancelled", "completed")
+
+
+async def test_async_jobs_api(server: RunningServer) -> None:
+    async with AsyncApiClient(Configuration(host=server.api_base, access_token=None)) as client:
+        jobs = AsyncJobsApi(client)
+        job = await jobs.submit_image(prompt="a blue moon", model="gpt-image-1", quality="low", seed=3)
+        done = await jobs.wait(job.id, interval=0.05, timeout=120)
+        assert done.status == "completed" and done.result is not None
+
+
+def test_a_failed_job_raises_with_its_error(server: RunningServer) -> None:
+    with ApiClient(Configuration(host=server.api_base, access_token=None)) as client:
+        jobs = JobsApi(client)
+        # Refused up front: a 400 for the submit itself, as for a synchronous request.
+        with pytest.raises(Exception) as info:
+            jobs.submit_image(prompt="x", model="dall-e-3", size="256x256")
+        assert getattr(info.value, "param", None) == "size"
+        assert not isinstance(info.value, JobFailed)
+
+
+def test_cli_generate_async_then_jobs_wait(server: RunningServer, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--base-url", server.api_base]
+    submitted = runner.invoke(
+        app,
+        [
+            "generate",
+            "a lighthouse",
+            "--model",
+            "gpt-image-1",
+            "--quality",
+            "low",
+            "--seed",
+            "5",
+            "--async",
+            *base,
+        ],
+    )
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("imgjob_")
+    waited = runner.invoke(app, ["jobs", "wait", job_id, "-o", str(tmp_path), *base])
+    assert waited.exit_code == 0, waited.output
+    (path,) = [Path(line) for line in waited.stdout.splitlines() if line.strip()]
+    assert Image.open(path).size == (1024, 1024)
+    listed = runner.invoke(app, ["jobs", "list", *base])
+    assert job_id in listed.stdout and "completed" in listed.stdout

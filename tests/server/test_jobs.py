@@ -1,0 +1,315 @@
+"""Jobs that are never lost: Idempotency-Key, asynchronous jobs and their API, callbacks.
+
+Most tests run the app in process with tests/support/engines.GateEngine (each engine run waits until
+the test lets it through); the ones that need the real thing use `limner serve` and the `openai`
+package. The restart test is in tests/compat/test_jobs_restart.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from limner.server.keys import KeyStore
+from limner.server.settings import Settings
+from limner.types import ImageJobList
+from tests.support.engines import GateEngine
+from tests.support.images import gradient, png_bytes
+from tests.support.inprocess import app_client
+from tests.support.server import RunningServer
+
+GENERATIONS = "/v1/images/generations"
+ASYNC = {"prefer": "respond-async"}
+
+
+def body(seed: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "prompt": "x",
+        "size": "64x64",
+        "seed": seed,
+        "response_format": "b64_json",
+        **fields,
+    }
+
+
+async def until(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def job(client: httpx2.AsyncClient, job_id: str, **kwargs: Any) -> dict[str, Any]:
+    response = await client.get(f"/v1/images/jobs/{job_id}", **kwargs)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def wait_status(client: httpx2.AsyncClient, job_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while (current := await job(client, job_id))["status"] != status:
+        assert time.monotonic() < deadline, current
+        await asyncio.sleep(0.01)
+    return current
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------------------
+
+
+def test_a_retry_after_a_client_timeout_gets_the_same_bytes_and_runs_once(server: RunningServer) -> None:
+    """Through `limner serve` and the openai package: the first try times out, the retry attaches."""
+    server.wait_idle()
+    done, _ = server.jobs()
+    key = {"Idempotency-Key": f"retry-{time.time_ns()}"}
+    request = dict(model="gpt-image-2", prompt="a detailed city", n=4, quality="high", size="3840x2160")
+    impatient = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.images.generate(extra_headers=key, **request)  # type: ignore[call-overload]
+    patient = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0, timeout=600)
+    first = patient.images.generate(extra_headers=key, **request)  # type: ignore[call-overload]
+    again = patient.images.generate(extra_headers=key, **request)  # type: ignore[call-overload]
+    assert [d.b64_json for d in again.data] == [d.b64_json for d in first.data]
+    server.wait_idle()
+    assert server.jobs()[0] == done + 1  # the engine ran once for three requests
+
+
+async def test_concurrent_duplicates_attach_to_one_job(tmp_path: Path) -> None:
+    engine = GateEngine()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        headers = {"idempotency-key": "same"}
+        tasks = [
+            asyncio.ensure_future(client.post(GENERATIONS, json=body(5), headers=headers)) for _ in range(3)
+        ]
+        await engine.began(1)
+        engine.open()
+        answers = await asyncio.gather(*tasks)
+        assert {r.status_code for r in answers} == {200}
+        assert len({r.json()["data"][0]["b64_json"] for r in answers}) == 1
+        assert engine.runs == [[5]]
+
+
+async def test_a_reused_key_with_another_body_is_a_400(tmp_path: Path) -> None:
+    engine = GateEngine()
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        headers = {"idempotency-key": "k1"}
+        assert (await client.post(GENERATIONS, json=body(1), headers=headers)).status_code == 200
+        other = await client.post(GENERATIONS, json=body(2), headers=headers)
+        assert other.status_code == 400
+        assert other.json()["error"]["param"] == "Idempotency-Key"
+        # The same body in another key order is the same request.
+        same = await client.post(GENERATIONS, json=dict(reversed(list(body(1).items()))), headers=headers)
+        assert same.status_code == 200 and len(engine.runs) == 1
+
+
+async def test_a_multipart_retry_with_another_boundary_is_the_same_request(tmp_path: Path) -> None:
+    engine = GateEngine()
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        image = png_bytes(gradient(64, 64))
+        answers = []
+        for boundary in ("aaaa1111", "bbbb2222"):
+            parts = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+            parts += f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+            content = (
+                parts.encode()
+                + (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+                    "Content-Type: image/png\r\n\r\n"
+                ).encode()
+                + image
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            answers.append(
+                await client.post(
+                    "/v1/images/edits",
+                    content=content,
+                    headers={
+                        "content-type": f"multipart/form-data; boundary={boundary}",
+                        "idempotency-key": "e1",
+                    },
+                )
+            )
+        assert [a.status_code for a in answers] == [200, 200]
+        assert len(engine.runs) == 1
+
+
+async def test_an_idempotent_stream_replays_its_final_events(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        request = {
+            "model": "gpt-image-1",
+            "prompt": "x",
+            "quality": "low",
+            "stream": True,
+            "n": 2,
+            "partial_images": 1,
+            "seed": 4,
+        }
+        headers = {"idempotency-key": "stream-1"}
+        first = await client.post(GENERATIONS, json=request, headers=headers)
+        again = await client.post(GENERATIONS, json=request, headers=headers)
+        events = [line for line in first.text.splitlines() if line.startswith("event: ")]
+        assert events == [
+            "event: image_generation.partial_image",
+            "event: image_generation.completed",
+            "event: image_generation.partial_image",
+            "event: image_generation.completed",
+        ]
+        completed = [chunk for chunk in first.text.split("\n\n") if "completed" in chunk.split("\n")[0]]
+        assert again.text.strip() == "\n\n".join(completed).strip()
+        # As a job, the stream's answer is an ImagesResponse like any other.
+        listing = ImageJobList.model_validate((await client.get("/v1/images/jobs")).json())
+        (result,) = [j.result for j in listing.data]
+        assert result is not None and len(result.data) == 2 and result.data[0].b64_json
+
+
+# -- asynchronous jobs -------------------------------------------------------------------------------
+
+
+async def test_an_async_job_goes_queued_in_progress_completed(tmp_path: Path) -> None:
+    engine = GateEngine(batches=False)
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        blocker = asyncio.ensure_future(client.post(GENERATIONS, json=body(100)))
+        await engine.began(1)
+        accepted = await client.post(GENERATIONS, json=body(7), headers=ASYNC)
+        assert accepted.status_code == 202
+        created = accepted.json()
+        assert accepted.headers["location"] == f"/v1/images/jobs/{created['id']}"
+        assert (created["object"], created["status"], created["model"], created["operation"]) == (
+            "image.job",
+            "queued",
+            "m",
+            "generate",
+        )
+        assert (await job(client, created["id"]))["queue_position"] == 0
+        engine.let_through()  # the blocker ends; our job starts and waits at the gate
+        running = await wait_status(client, created["id"], "in_progress")
+        assert "result" not in running
+        engine.open()
+        finished = await wait_status(client, created["id"], "completed")
+        await blocker
+        sync = await client.post(GENERATIONS, json=body(7))
+        assert finished["result"]["data"] == sync.json()["data"]  # what the synchronous call answers
+
+
+async def test_async_results_equal_the_synchronous_answer_on_the_real_engine(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        request = {"model": "gpt-image-1", "prompt": "a red sun", "quality": "low", "seed": 99, "n": 2}
+        accepted = await client.post(GENERATIONS, json=request, headers=ASYNC)
+        finished = await wait_status(client, accepted.json()["id"], "completed")
+        sync = (await client.post(GENERATIONS, json=request)).json()
+        assert [d["b64_json"] for d in finished["result"]["data"]] == [d["b64_json"] for d in sync["data"]]
+        assert finished["result"]["usage"] == sync["usage"]
+        listing = (await client.get("/v1/images/jobs")).json()
+        assert listing["object"] == "list" and listing["data"][0]["id"] == accepted.json()["id"]
+
+
+async def test_events_can_be_left_and_rejoined(tmp_path: Path) -> None:
+    engine = GateEngine(batches=False)
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        job_id = (await client.post(GENERATIONS, json=body(3), headers=ASYNC)).json()["id"]
+        async with client.stream("GET", f"/v1/images/jobs/{job_id}/events") as first:
+            async for line in first.aiter_lines():
+                if line.startswith("event: "):
+                    assert line == "event: image_job.status"
+                    break  # leave after the first event
+        engine.open()
+        await wait_status(client, job_id, "completed")
+        again = await client.get(f"/v1/images/jobs/{job_id}/events")
+        events = [line for line in again.text.splitlines() if line.startswith("event: ")]
+        assert events == [
+            "event: image_job.status",
+            "event: image_generation.completed",
+            "event: image_job.completed",
+        ]
+
+
+@pytest.mark.parametrize("when", ["queued", "running"])
+async def test_cancel_while_queued_or_running(tmp_path: Path, when: str) -> None:
+    engine = GateEngine(batches=False)
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        blocker = asyncio.ensure_future(client.post(GENERATIONS, json=body(100)))
+        await engine.began(1)
+        job_id = (await client.post(GENERATIONS, json=body(1), headers=ASYNC)).json()["id"]
+        if when == "running":
+            engine.let_through()
+            await wait_status(client, job_id, "in_progress")
+        cancelled = await client.delete(f"/v1/images/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert (await job(client, job_id))["status"] == "cancelled"
+        engine.open()
+        await blocker
+        assert [run[0] for run in engine.runs] == ([100] if when == "queued" else [100, 1])
+
+
+async def test_another_key_gets_404(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    (_, alice), (_, bob) = store.create("alice"), store.create("bob")
+    engine = GateEngine()
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        as_alice = {"authorization": f"Bearer {alice}"}
+        job_id = (await client.post(GENERATIONS, json=body(1), headers={**ASYNC, **as_alice})).json()["id"]
+        as_bob = {"authorization": f"Bearer {bob}"}
+        for method, path in (("GET", ""), ("GET", "/events"), ("DELETE", "")):
+            response = await client.request(method, f"/v1/images/jobs/{job_id}{path}", headers=as_bob)
+            assert response.status_code == 404, (method, path)
+        assert (await client.get("/v1/images/jobs", headers=as_bob)).json()["data"] == []
+        assert (await job(client, job_id, headers=as_alice))["id"] == job_id
+
+
+async def test_a_callback_arrives_signed(tmp_path: Path) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["content-length"])
+            received.append((dict(self.headers), self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_port}/hooks/limner"
+    settings = Settings(
+        data_dir=tmp_path,
+        callback_allow=[f"http://127.0.0.1:{receiver.server_port}/hooks/"],
+        callback_secret="c" * 32,
+    )
+    engine = GateEngine()
+    engine.open()
+    try:
+        async with app_client(settings, engines={"m": engine}) as client:
+            refused = await client.post(
+                GENERATIONS,
+                json=body(1),
+                headers={**ASYNC, "x-limner-callback-url": "http://169.254.169.254/"},
+            )
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "X-Limner-Callback-Url"
+            job_id = (
+                await client.post(GENERATIONS, json=body(1), headers={**ASYNC, "x-limner-callback-url": url})
+            ).json()["id"]
+            await until(lambda: received)
+    finally:
+        receiver.shutdown()
+    headers, payload = received[0]
+    stamp, signature = (part.split("=", 1)[1] for part in headers["X-Limner-Signature"].split(","))
+    expected = hmac.new(b"c" * 32, stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(signature, expected)
+    sent = json.loads(payload)
+    assert sent["id"] == job_id and sent["status"] == "completed" and sent["result"]["data"]
