@@ -64,7 +64,7 @@ def test_kill_9_loses_no_accepted_job(tmp_path: Path) -> None:
     assert "queued" in before.values()  # the crash really left work behind
     with sqlite3.connect(data / "jobs.sqlite3") as db:  # what the crash left: to run again
         (interrupted,) = db.execute(
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'in_progress')"
+            "SELECT count(*) FROM limner_jobs WHERE status IN ('queued', 'in_progress')"
         ).fetchone()
 
     with start_server(data, "--config", str(config)) as again:

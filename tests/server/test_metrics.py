@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,10 @@ def test_json_logs_write_one_object_per_request(tmp_path: Path) -> None:
         response = httpx2.post(server.api_base + "/images/generations", json=body, timeout=120)
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]
+        deadline = time.monotonic() + 60  # the access record is written once the answer has gone
+        while request_id not in server.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         lines = server.log().splitlines()
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert len(records) == len([line for line in lines if line.strip()])  # every line is JSON

@@ -145,13 +145,23 @@ def serve(
     )
 
 
-def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None) -> T:
+KeysUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--keys-url",
+        envvar="LIMNER_KEYS_URL",
+        help="Keys in PostgreSQL (postgresql://...) instead of SQLite under the data dir.",
+    ),
+]
+
+
+def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None, keys_url: str | None) -> T:
     """Run a key-store action; a database that cannot be used is one line on stderr and exit 1."""
-    from limner.server.keys import KeyDatabaseError, KeyStore
+    from limner.server.keys import KeyDatabaseError, open_key_store
 
     try:
-        return action(KeyStore(_data_dir(data_dir) / "keys.sqlite3"))
-    except KeyDatabaseError as exc:
+        return action(open_key_store(_data_dir(data_dir), keys_url))
+    except (KeyDatabaseError, ValueError) as exc:
         typer.echo(f"limner keys: {exc}", err=True)
         raise typer.Exit(1) from None
 
@@ -159,29 +169,30 @@ def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None) -> T:
 @keys_app.command("create")
 def keys_create(
     data_dir: DataDir = None,
+    keys_url: KeysUrl = None,
     name: Annotated[str, typer.Option(help="A label for the key.")] = "default",
 ) -> None:
     """Create a key. It is printed once, as the last line; only its hash is stored."""
-    record, secret = _key_action(lambda store: store.create(name), data_dir)
+    record, secret = _key_action(lambda store: store.create(name), data_dir, keys_url)
     typer.echo(f"Created key {record.id} ({record.name}). Keep it safe: it is not shown again.")
     typer.echo(secret)
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None) -> None:
+def keys_list(data_dir: DataDir = None, keys_url: KeysUrl = None) -> None:
     """List keys (ids, names and hints; never the keys)."""
     import datetime
 
-    for k in _key_action(lambda store: store.list(), data_dir):
+    for k in _key_action(lambda store: store.list(), data_dir, keys_url):
         created = datetime.datetime.fromtimestamp(k.created_at, datetime.UTC).isoformat(timespec="seconds")
         state = "revoked" if k.revoked_at else "active"
         typer.echo(f"{k.id}\t{k.name}\t{k.hint}\t{created}\t{state}")
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+def keys_revoke(key_id: str, data_dir: DataDir = None, keys_url: KeysUrl = None) -> None:
     """Revoke a key by its id."""
-    if not _key_action(lambda store: store.revoke(key_id), data_dir):
+    if not _key_action(lambda store: store.revoke(key_id), data_dir, keys_url):
         typer.echo(f"No active key with id {key_id}.", err=True)
         raise typer.Exit(1)
     typer.echo(f"Revoked {key_id}.")

@@ -123,6 +123,12 @@ class JobManager:
         self.live: dict[str, Live] = {}
         self._claims: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """The server is shutting down: jobs still queued or running stay so in the store, and the
+        next start runs them (the same as after a crash, without the crash)."""
+        self._stopping = True
 
     @property
     def scheduler(self) -> Scheduler:
@@ -294,6 +300,8 @@ class JobManager:
                 self.store.end, record.id, "completed", ttl=ttl, result=result, status_code=200
             )
         except (JobCancelled, asyncio.CancelledError):
+            if self._stopping:
+                return  # left active in the store: the next start runs it again
             record.status = "cancelled"
             await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
         except LimnerError as exc:
@@ -316,11 +324,10 @@ class JobManager:
                 self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500
             )
         finally:
-            record.body = None
             live.done.set()
             live.publish()
             self.live.pop(record.id, None)
-            if record.callback_url:
+            if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
 
     async def recover(self) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+CREATE TABLE IF NOT EXISTS limner_jobs (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     idempotency_key TEXT,
@@ -30,22 +30,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     route TEXT NOT NULL,
     model TEXT,
     status TEXT NOT NULL,              -- queued | in_progress | completed | failed | cancelled
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    expires_at INTEGER,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    expires_at BIGINT,
     content_type TEXT NOT NULL,
-    body BLOB,
+    body BYTEA,
     base_url TEXT NOT NULL,
     callback_url TEXT,
     stream INTEGER NOT NULL DEFAULT 0,
     result TEXT,                       -- the ImagesResponse (JSON), or the stream's final events
     error TEXT,                        -- the error envelope (JSON)
-    status_code INTEGER
+    status_code INTEGER,
+    created_ns BIGINT NOT NULL         -- orders jobs made within one second
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
+CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE INDEX IF NOT EXISTS limner_jobs_owner ON limner_jobs (owner, created_ns);
+CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
 """
 
 ACTIVE = ("queued", "in_progress")
@@ -86,6 +87,8 @@ _COLUMNS = (
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
     values = list(row)
+    if isinstance(values[13], memoryview):  # PostgreSQL's bytea
+        values[13] = bytes(values[13])
     values[16] = bool(values[16])
     values[17] = json.loads(values[17]) if values[17] is not None else None
     values[18] = json.loads(values[18]) if values[18] is not None else None
@@ -93,82 +96,120 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
 
 
 class JobStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """SQLite under the data dir (a path), or PostgreSQL (a postgresql:// URL, `jobs_url`), shared by
+    replicas. The SQL is the same for both; only the placeholders and the connection differ."""
+
+    def __init__(self, location: Path | str) -> None:
+        self.kind = "sqlite"
+        self.location = location
         self._local = threading.local()
+        if isinstance(location, str):
+            if not location.startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"jobs_url must be a postgresql:// URL, not {location.split(':')[0]}:...")
+            try:
+                import psycopg
+            except ImportError as exc:
+                raise ValueError("jobs_url needs psycopg: pip install 'limner[postgres]'") from exc
+            self.kind = "postgresql"
+            self._psycopg: Any = psycopg
+        else:
+            location.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self.kind == "postgresql" else text
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def _connect(self) -> Iterator[Any]:
+        """This thread's connection, in a transaction."""
+        db = getattr(self._local, "db", None)
+        if self.kind == "postgresql":
+            if db is None or db.closed:
+                db = self._local.db = self._psycopg.connect(str(self.location), autocommit=True)
+            with db.transaction():
+                yield db
+            return
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db = sqlite3.connect(self.location, timeout=30, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an accepted job survives a power cut, not just kill -9
             self._local.db = db
         with db:
             yield db
 
-    def insert(self, job: JobRecord) -> None:
-        """Write a new job (raises sqlite3.IntegrityError when its idempotency key is taken)."""
+    def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
         with self._connect() as db:
-            db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 20)})",
-                (
-                    job.id,
-                    job.owner,
-                    job.idempotency_key,
-                    job.fingerprint,
-                    job.mode,
-                    job.operation,
-                    job.route,
-                    job.model,
-                    job.status,
-                    job.created_at,
-                    job.updated_at,
-                    job.expires_at,
-                    job.content_type,
-                    job.body,
-                    job.base_url,
-                    job.callback_url,
-                    int(job.stream),
-                    None,
-                    None,
-                    None,
-                ),
-            )
+            return db.execute(self._sql(sql), args)
+
+    def _rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connect() as db:
+            rows: list[tuple[Any, ...]] = db.execute(self._sql(sql), args).fetchall()
+        return rows
+
+    def check(self) -> str | None:
+        try:
+            self._rows("SELECT 1")
+        except Exception as exc:  # sqlite3 or psycopg: whatever the database says, for /health
+            return f"the job store does not answer: {type(exc).__name__}"
+        return None
+
+    def insert(self, job: JobRecord) -> None:
+        """Write a new job (raises the database's integrity error when its idempotency key is taken)."""
+        self._run(
+            f"INSERT INTO limner_jobs ({_COLUMNS}, created_ns) VALUES ({', '.join('?' * 21)})",
+            (
+                job.id,
+                job.owner,
+                job.idempotency_key,
+                job.fingerprint,
+                job.mode,
+                job.operation,
+                job.route,
+                job.model,
+                job.status,
+                job.created_at,
+                job.updated_at,
+                job.expires_at,
+                job.content_type,
+                job.body,
+                job.base_url,
+                job.callback_url,
+                int(job.stream),
+                None,
+                None,
+                None,
+                time.time_ns(),
+            ),
+        )
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._connect() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _record(row) if row else None
+        rows = self._rows(f"SELECT {_COLUMNS} FROM limner_jobs WHERE id = ?", (job_id,))
+        return _record(rows[0]) if rows else None
 
     def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
-        with self._connect() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
-            ).fetchone()
-        return _record(row) if row else None
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM limner_jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+        )
+        return _record(rows[0]) if rows else None
 
     def of_owner(self, owner: str, *, limit: int = 20, before: int | None = None) -> list[JobRecord]:
-        query = f"SELECT {_COLUMNS} FROM jobs WHERE owner = ?"
+        query = f"SELECT {_COLUMNS} FROM limner_jobs WHERE owner = ?"
         args: list[Any] = [owner]
         if before is not None:
             query += " AND created_at < ?"
             args.append(before)
-        query += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        query += " ORDER BY created_ns DESC LIMIT ?"
         args.append(limit)
-        with self._connect() as db:
-            return [_record(row) for row in db.execute(query, args).fetchall()]
+        return [_record(row) for row in self._rows(query, args)]
 
     def active(self) -> list[JobRecord]:
         """Jobs that were queued or running: what a restart must run again, oldest first."""
-        with self._connect() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, rowid"
-            ).fetchall()
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM limner_jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_ns"
+        )
         return [_record(row) for row in rows]
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -177,8 +218,7 @@ class JobStore:
             if name in fields and fields[name] is not None:
                 fields[name] = json.dumps(fields[name])
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        with self._connect() as db:
-            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        self._run(f"UPDATE limner_jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
 
     def end(
         self,
@@ -202,12 +242,10 @@ class JobStore:
         )
 
     def delete(self, job_id: str) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._run("DELETE FROM limner_jobs WHERE id = ?", (job_id,))
 
     def sweep(self, now: float | None = None) -> int:
         """Delete jobs whose answer has expired; return how many."""
         cutoff = int(now if now is not None else time.time())
-        with self._connect() as db:
-            cur = db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at < ?", (cutoff,))
-        return cur.rowcount
+        cur = self._run("DELETE FROM limner_jobs WHERE expires_at IS NOT NULL AND expires_at < ?", (cutoff,))
+        return int(cur.rowcount)

@@ -18,18 +18,18 @@ from limner.jobs.store import JobStore
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
-from limner.server.keys import KeyStore
+from limner.server.keys import open_key_store
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
 from limner.server.settings import Settings
-from limner.storage import ImageStore
+from limner.storage import SignedStore, open_image_store
 from limner.storage.files import load_secret
 
 log = logging.getLogger("limner.server")
 
 
-async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> None:
+async def _sweep_forever(store: SignedStore, jobs: JobStore, interval: float) -> None:
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
@@ -78,8 +78,8 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     if metrics is not None:
         metrics.watch(scheduler)
     secret = load_secret(data_dir / "secret.key", given=settings.secret)
-    store = ImageStore(data_dir / "images", secret, settings.url_ttl_seconds)
-    key_guard = KeyGuard(KeyStore(data_dir / "keys.sqlite3"), settings.auth)
+    store = open_image_store(settings.storage, data_dir, secret, settings.url_ttl_seconds)
+    key_guard = KeyGuard(open_key_store(data_dir, settings.keys_url), settings.auth)
     # Keys that are needed but cannot be read stop the server here (KeyDatabaseError names the file).
     startup_hashes = key_guard.check_at_startup()
 
@@ -107,6 +107,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             yield
         finally:
             sweeper.cancel()
+            manager.stop()
             scheduler.shutdown()
             for engine in registry.engines.values():
                 engine.close()
@@ -118,7 +119,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.scheduler = scheduler
     app.state.store = store
     app.state.key_guard = key_guard
-    job_store = JobStore(data_dir / "jobs.sqlite3")
+    job_store = JobStore(settings.jobs_url or data_dir / "jobs.sqlite3")
     manager = JobManager(app, job_store)
     app.state.jobs = manager
     app.state.metrics = metrics

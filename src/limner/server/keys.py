@@ -56,7 +56,31 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def new_key(name: str) -> tuple[KeyRecord, str, str]:
+    """A new key: its record, the secret itself (shown once, never stored) and the secret's hash."""
+    secret = "lim-" + secrets.token_urlsafe(32)
+    record = KeyRecord(
+        "key_" + secrets.token_hex(8), name, secret[:8] + "..." + secret[-4:], int(time.time()), None
+    )
+    return record, secret, _hash(secret)
+
+
+def open_key_store(data_dir: Path, url: str | None = None) -> KeyStore:
+    """SQLite under the data dir (the default), or PostgreSQL when `url` (keys_url) names one."""
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"keys_url must be a postgresql:// URL, not {url.split(':')[0]}:...")
+        from limner.server.keys_postgres import PostgresKeyStore
+
+        return PostgresKeyStore(url)
+    return KeyStore(data_dir / "keys.sqlite3")
+
+
 class KeyStore:
+    """The SQLite key store (see the module docstring); PostgresKeyStore keeps the same contract."""
+
+    kind = "sqlite"
+
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         self.path = path
         self.timeout = timeout
@@ -103,16 +127,13 @@ class KeyStore:
 
     def create(self, name: str = "default") -> tuple[KeyRecord, str]:
         """A new key: its record and the secret itself (shown once, never stored)."""
-        secret = "lim-" + secrets.token_urlsafe(32)
-        record = KeyRecord(
-            "key_" + secrets.token_hex(8), name, secret[:8] + "..." + secret[-4:], int(time.time()), None
-        )
+        record, secret, digest = new_key(name)
         # The marker first: if the insert then fails, the server is closed, never open.
         self._mark_required()
         with self._connect(create=True) as db:
             db.execute(
                 "INSERT INTO keys (id, name, hint, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                (record.id, record.name, record.hint, _hash(secret), record.created_at),
+                (record.id, record.name, record.hint, digest, record.created_at),
             )
         return record, secret
 
@@ -153,6 +174,14 @@ class KeyStore:
                     return None
             self._mark_required()
         return self.active_hashes()
+
+    def check(self) -> str | None:
+        """None when the keys can be read (or none are needed), else why not (for /health)."""
+        try:
+            self.snapshot()
+        except KeyDatabaseError as exc:
+            return str(exc)
+        return None
 
     @staticmethod
     def matches(key: str, hashes: Mapping[str, str]) -> str | None:

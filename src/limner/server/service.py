@@ -24,7 +24,7 @@ from limner.scheduler import Scheduler, Ticket
 from limner.server.errors import SERVER_ERROR_MESSAGE, for_log, log
 from limner.server.links import base_url
 from limner.server.metrics import Metrics
-from limner.storage import ImageStore
+from limner.storage import SignedStore
 
 StreamKind = Literal["image_generation", "image_edit"]
 
@@ -164,14 +164,16 @@ async def run_to_body(request: Request, work: Work) -> JSONResponse:
 
 
 def images_body(
-    work: Work, encoded: list[bytes], *, store: ImageStore, base: str, metrics: Metrics | None
+    work: Work, encoded: list[bytes], *, store: SignedStore, base: str, metrics: Metrics | None
 ) -> dict[str, Any]:
     """The ImagesResponse for encoded images (stored behind links in url mode)."""
     resolved = work.resolved
     profile = resolved.profile
     if resolved.response_format == "url":
         started = time.perf_counter()
-        data: list[dict[str, Any]] = [{"url": base + store.save(b, resolved.output_format)} for b in encoded]
+        links = [store.save(b, resolved.output_format) for b in encoded]
+        # A presigned S3 URL is whole already; limner's own links start at its base URL.
+        data: list[dict[str, Any]] = [{"url": link if "://" in link else base + link} for link in links]
         if metrics is not None:
             metrics.stored(profile.name, resolved.operation, time.perf_counter() - started)
     else:

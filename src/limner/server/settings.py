@@ -74,6 +74,20 @@ class ModelConfig(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k not in own and v not in (None, [])}
 
 
+class StorageConfig(BaseModel):
+    """`[storage]`: where url-mode images live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["files", "s3"] = "files"
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: Answer with presigned S3 URLs (expiring with the link) instead of limner's own links.
+    presign: bool = False
+
+
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -110,6 +124,9 @@ class Settings(BaseModel):
     #: "keys": every /v1 call needs a key; "none": open. None: keys once any key was ever created in
     #: the data dir (recorded there, so revoking every key closes the server instead of opening it).
     auth: Literal["keys", "none"] | None = None
+    #: Keys and jobs in PostgreSQL, shared by replicas (default: SQLite files in the data dir).
+    keys_url: str | None = Field(default=None, repr=False)
+    jobs_url: str | None = Field(default=None, repr=False)
     #: The link-signing secret (>= 32 bytes), shared by servers that serve each other's links.
     #: Default: $LIMNER_SECRET, else a random one kept in the data dir.
     secret: str | None = Field(default=None, repr=False)
@@ -131,6 +148,7 @@ class Settings(BaseModel):
     max_running_per_key: int | None = None
     sketch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     defaults: Defaults = Field(default_factory=Defaults)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -140,8 +158,13 @@ class Settings(BaseModel):
         if config is not None:
             with open(config, "rb") as f:
                 data = tomllib.load(f)
-        if os.environ.get("LIMNER_SECRET"):
-            data["secret"] = os.environ["LIMNER_SECRET"]
+        for variable, key in (
+            ("LIMNER_SECRET", "secret"),
+            ("LIMNER_KEYS_URL", "keys_url"),
+            ("LIMNER_JOBS_URL", "jobs_url"),
+        ):
+            if os.environ.get(variable):
+                data[key] = os.environ[variable]
         for key, value in overrides.items():
             if value is None:
                 continue

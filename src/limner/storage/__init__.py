@@ -1,5 +1,29 @@
-"""Where url-mode images live: files under the data dir, behind signed, expiring links."""
+"""Where url-mode images live, behind signed, expiring links: files under the data dir (the default),
+or an S3-compatible object store shared by replicas."""
 
-from limner.storage.files import ImageStore, LinkError
+from __future__ import annotations
 
-__all__ = ["ImageStore", "LinkError"]
+from pathlib import Path
+from typing import Any
+
+from limner.storage.files import ImageStore, LinkError, SignedStore, StoredImage
+
+
+def open_image_store(config: Any, data_dir: Path, secret: bytes, ttl_seconds: int) -> SignedStore:
+    """The store the `[storage]` table asks for (limner.server.settings.StorageConfig)."""
+    if config.kind == "s3":
+        from limner.storage.s3 import S3ImageStore
+
+        return S3ImageStore(
+            bucket=config.bucket,
+            prefix=config.prefix,
+            endpoint_url=config.endpoint_url,
+            region=config.region,
+            presign=config.presign,
+            secret=secret,
+            ttl_seconds=ttl_seconds,
+        )
+    return ImageStore(data_dir / "images", secret, ttl_seconds)
+
+
+__all__ = ["ImageStore", "LinkError", "SignedStore", "StoredImage", "open_image_store"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from limner.server.errors import envelope
-from limner.storage import ImageStore, LinkError
+from limner.storage import LinkError, SignedStore
 
 router = APIRouter()
 
@@ -14,14 +16,15 @@ router = APIRouter()
 @router.get("/files/{name}", operation_id="getImageFile")
 @router.head("/files/{name}", operation_id="headImageFile")
 async def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> Response:
-    store: ImageStore = request.app.state.store
+    store: SignedStore = request.app.state.store
     try:
-        path = store.resolve(name, expires, sig)
+        image = await asyncio.to_thread(store.fetch, name, expires, sig)
     except LinkError as exc:
         response: JSONResponse = envelope(
             exc.status_code, str(exc), type="invalid_request_error", code="invalid_link"
         )
         return response
-    return FileResponse(
-        path, media_type=store.media_type(path), headers={"cache-control": "private, max-age=3600"}
-    )
+    headers = {"cache-control": "private, max-age=3600"}
+    if image.path is not None:
+        return FileResponse(image.path, media_type=image.media_type, headers=headers)
+    return Response(image.data, media_type=image.media_type, headers=headers)
