@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -88,6 +89,35 @@ def serve(
             "created in the data dir.",
         ),
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Deploy on Ray Serve: replicas, each running the whole app.")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="A running Ray cluster (default: start a local one).")
+    ] = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="With --ray: replicas (fixed).")] = 1,
+    min_replicas: Annotated[
+        int | None, typer.Option("--min-replicas", help="With --ray: autoscale from...")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option("--max-replicas", help="...to this many replicas.")
+    ] = None,
+    target_ongoing_requests: Annotated[
+        float | None,
+        typer.Option("--target-ongoing-requests", help="With autoscaling: requests per replica."),
+    ] = None,
+    cpus_per_replica: Annotated[float, typer.Option("--cpus-per-replica", help="With --ray.")] = 1.0,
+    gpus_per_replica: Annotated[float, typer.Option("--gpus-per-replica", help="With --ray.")] = 0.0,
+    max_ongoing_requests: Annotated[
+        int, typer.Option("--max-ongoing-requests", help="With --ray: requests one replica holds at once.")
+    ] = 64,
+    max_queued_requests: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queued-requests",
+            help="With --ray: each model's waiting requests per replica (429 beyond).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     log_format: Annotated[
         str | None,
@@ -124,6 +154,26 @@ def serve(
             models=_parse_model_flags(model or []) or None,
         )
         logs.configure(log_level, settings.log_format)  # the config file may say json
+        if ray:
+            from limner.ray_app import RayOptions, run
+
+            env = {k: v for k, v in os.environ.items() if k.startswith(("LIMNER_", "AWS_", "HF_", "OMP_"))}
+            run(
+                settings,
+                RayOptions(
+                    address=ray_address,
+                    replicas=replicas,
+                    min_replicas=min_replicas,
+                    max_replicas=max_replicas,
+                    target_ongoing_requests=target_ongoing_requests,
+                    cpus_per_replica=cpus_per_replica,
+                    gpus_per_replica=gpus_per_replica,
+                    max_ongoing_requests=max_ongoing_requests,
+                    max_queued_requests=max_queued_requests,
+                    env=env,
+                ),
+            )
+            return
         application = create_app(settings)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

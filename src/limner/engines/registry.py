@@ -87,13 +87,14 @@ class EngineRegistry:
         *,
         sketch_concurrency: int = 1,
         engines: Mapping[str, Engine] | None = None,
+        default_max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.engines: dict[str, Engine] = {}
         self.models: dict[str, ServedModel] = {}
         given = dict(engines or {})
         for name, profile in rules.OPENAI_PROFILES.items():
             if name not in models and name not in given:
-                self.models[name] = ServedModel(name, profile, SKETCH, sketch_concurrency, DEFAULT_MAX_QUEUE)
+                self.models[name] = ServedModel(name, profile, SKETCH, sketch_concurrency, default_max_queue)
                 self._shared_sketch()
         for name, table in models.items():
             if name not in given:
@@ -115,7 +116,7 @@ class EngineRegistry:
                 self._profile(name, own, engine),
                 key,
                 concurrency,
-                own.max_queue if own else DEFAULT_MAX_QUEUE,
+                own.max_queue if own else default_max_queue,
                 own.batch_wait_ms if own else 0,
             )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -71,7 +73,10 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     registry = EngineRegistry(
-        settings.models, sketch_concurrency=settings.sketch_concurrency, engines=engines
+        settings.models,
+        sketch_concurrency=settings.sketch_concurrency,
+        engines=engines,
+        default_max_queue=settings.default_max_queue,
     )
     metrics = Metrics(list(registry.models), per_key=settings.metrics_per_key) if settings.metrics else None
     scheduler = build_scheduler(registry, settings, metrics)
@@ -144,5 +149,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     # request metrics inside it, so that they see the request id.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware)
+    replica = settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+    app.state.replica = replica
+    app.add_middleware(RequestContextMiddleware, replica=replica, proxy_request_id=settings.proxy_request_id)
     return app

@@ -24,16 +24,27 @@ access_log = logging.getLogger("limner.access")
 
 
 class RequestContextMiddleware:
-    """Adds x-request-id, openai-processing-ms and openai-version to every HTTP response."""
+    """Adds x-request-id, openai-processing-ms, openai-version and x-limner-replica to every response.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Behind a proxy that gives every request an id and puts it on the response itself (Ray Serve's),
+    `proxy_request_id` takes that id and leaves the header to the proxy, so there is one id, not two.
+    """
+
+    def __init__(self, app: ASGIApp, *, replica: str, proxy_request_id: bool = False) -> None:
         self.app = app
+        self.replica = replica.encode()
+        self.proxy_request_id = proxy_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + secrets.token_hex(16)
+        given = None
+        if self.proxy_request_id:
+            given = next(
+                (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), None
+            )
+        request_id = given or "req_" + secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
 
@@ -41,8 +52,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 elapsed = int((time.perf_counter() - started) * 1000)
                 headers = list(message.get("headers", []))
+                if given is None:
+                    headers.append((b"x-request-id", request_id.encode()))
                 headers += [
-                    (b"x-request-id", request_id.encode()),
+                    (b"x-limner-replica", self.replica),
                     (b"openai-processing-ms", str(elapsed).encode()),
                     (b"openai-version", b"2020-10-01"),
                 ]

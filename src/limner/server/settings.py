@@ -124,6 +124,12 @@ class Settings(BaseModel):
     #: "keys": every /v1 call needs a key; "none": open. None: keys once any key was ever created in
     #: the data dir (recorded there, so revoking every key closes the server instead of opening it).
     auth: Literal["keys", "none"] | None = None
+    #: Waiting requests each OpenAI name served by default admits (configured models: their max_queue).
+    default_max_queue: int = 64
+    #: What `x-limner-replica` says (default: host name and process id).
+    replica_id: str | None = None
+    #: Behind a proxy that sets x-request-id itself (Ray Serve's): use its id, add none of our own.
+    proxy_request_id: bool = False
     #: Keys and jobs in PostgreSQL, shared by replicas (default: SQLite files in the data dir).
     keys_url: str | None = Field(default=None, repr=False)
     jobs_url: str | None = Field(default=None, repr=False)

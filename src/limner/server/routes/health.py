@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,6 +20,8 @@ async def health(request: Request) -> dict[str, Any]:
     scheduler = request.app.state.scheduler
     return {
         "status": "ok",
+        "replica": request.app.state.replica,
+        "pid": os.getpid(),
         "engines": registry.status(),
         "models": {name: registry.engines[m.engine_key].loaded for name, m in registry.models.items()},
         # Jobs running or waiting per engine: what an operator (or a test) watches for backlog.

@@ -1,0 +1,119 @@
+"""limner on Ray Serve: every replica runs the whole limner app (its engines, scheduler and metrics),
+and Ray Serve's proxy spreads the requests over them.
+
+    limner serve --ray --replicas 2                       # a local Ray instance, or --ray-address
+    serve run deploy/serve.yaml                           # the same application from Ray's own CLI
+
+State the replicas share goes to shared services (see the README's "More than one machine"): images
+in S3 (or one data dir on one machine), keys and jobs in PostgreSQL, one LIMNER_SECRET.
+
+Back-pressure stays limner's: Ray Serve's own queue limit answers with a Ray error page, so it is set
+unbounded, and `max_queued_requests` becomes each model's `max_queue` in every replica, whose
+scheduler answers 429 with Retry-After and the OpenAI envelope. `max_ongoing_requests` is how many
+requests Ray hands one replica at once (beyond it they wait in Ray's router, not refused).
+
+Ray is imported only here, and only by `limner serve --ray` (the `[ray]` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from limner.server.settings import Settings
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_ongoing_requests: int = 64
+    max_queued_requests: int | None = None
+    #: Environment for every replica (LIMNER_SECRET, AWS_*, OMP_NUM_THREADS...).
+    env: dict[str, str] = field(default_factory=dict)
+
+    def deployment_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "name": "limner",
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": -1,  # never Ray's 503: limner's scheduler answers 429 itself
+            "ray_actor_options": {
+                "num_cpus": self.cpus_per_replica,
+                "num_gpus": self.gpus_per_replica,
+                "runtime_env": {"env_vars": self.env} if self.env else {},
+            },
+        }
+        if self.min_replicas is not None or self.max_replicas is not None:
+            autoscaling: dict[str, Any] = {
+                "min_replicas": self.min_replicas if self.min_replicas is not None else 1,
+                "max_replicas": self.max_replicas if self.max_replicas is not None else max(1, self.replicas),
+            }
+            if self.target_ongoing_requests is not None:
+                autoscaling["target_ongoing_requests"] = self.target_ongoing_requests
+            options["autoscaling_config"] = autoscaling
+        else:
+            options["num_replicas"] = self.replicas
+        return options
+
+
+def replica_settings(settings: Settings, options: RayOptions) -> Settings:
+    """What each replica runs: Ray's request ids, and limner's queue limit where Ray's would be."""
+    update: dict[str, Any] = {"proxy_request_id": True}
+    if options.max_queued_requests is not None:
+        update["default_max_queue"] = options.max_queued_requests
+        update["models"] = {
+            name: table.model_copy(update={"max_queue": options.max_queued_requests})
+            for name, table in settings.models.items()
+        }
+    return settings.model_copy(update=update)
+
+
+def application(settings: Settings, options: RayOptions) -> Any:
+    """The Ray Serve application: one deployment whose replicas each build the limner app."""
+    from ray import serve
+
+    payload = replica_settings(settings, options).model_dump(mode="json")
+
+    def build() -> Any:
+        # Runs in each replica: its own app, engines and scheduler; named after the replica.
+        from limner.server.app import create_app
+
+        replica = serve.get_replica_context()
+        data = {
+            **payload,
+            "replica_id": getattr(replica, "replica_tag", None) or f"{os.uname().nodename}:{os.getpid()}",
+        }
+        return create_app(Settings.model_validate(data))
+
+    deployment: Any = serve.deployment(serve.ingress(build)(), **options.deployment_options())
+    return deployment.bind()
+
+
+def run(settings: Settings, options: RayOptions, *, blocking: bool = True) -> None:
+    """Connect to a Ray cluster (or start a local one), deploy limner, and serve on host:port."""
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if options.address:
+        ray.init(address=options.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(application(settings, options), name="limner", route_prefix="/", blocking=blocking)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The application builder for `serve run` / `serve deploy` (see deploy/serve.yaml): `args` holds
+    `config` (a limner TOML file) and any RayOptions field (replicas, gpus_per_replica, ...)."""
+    config = args.get("config")
+    settings = Settings.load(config) if config else Settings()
+    known = set(RayOptions.__dataclass_fields__) - {"address"}
+    options = RayOptions(**{k: v for k, v in args.items() if k in known})
+    return application(settings, options)
