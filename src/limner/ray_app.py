@@ -101,12 +101,32 @@ def run(settings: Settings, options: RayOptions, *, blocking: bool = True) -> No
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Serve kills a proxy that is not ready within 5 s, or misses health checks for 10 s: too
+    # short on a small busy machine, where its processes start slowly. A local instance inherits these
+    # from here; a cluster reads them from its own environment.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_START_SECONDS))
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "120")
+    _patient_proxy_start()
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(application(settings, options), name="limner", route_prefix="/", blocking=blocking)
+
+
+#: How long `serve.start` waits for Ray Serve's HTTP proxy to come up. Ray's own 60 s is too short on a
+#: busy small machine (its worker processes start slowly there), and past it Ray kills the proxy.
+PROXY_START_SECONDS = int(os.environ.get("LIMNER_RAY_PROXY_TIMEOUT", "600"))
+
+
+def _patient_proxy_start() -> None:
+    """Give the proxy PROXY_START_SECONDS to start. Ray reads the limit from a module constant with no
+    setting of its own; where a Ray version moved it, its default stays."""
+    from ray.serve._private import api as serve_api
+
+    if hasattr(serve_api, "HTTP_PROXY_TIMEOUT"):
+        serve_api.HTTP_PROXY_TIMEOUT = max(serve_api.HTTP_PROXY_TIMEOUT, PROXY_START_SECONDS)
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -56,7 +56,7 @@ def ray_server(
         env = {**aws, "LIMNER_SECRET": "r" * 40, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         args = ("--config", str(config), "--ray", "--replicas", "2", "--cpus-per-replica", "0.5")
         try:
-            with start_server(root / "data", *args, env=env, timeout=300) as server:
+            with start_server(root / "data", *args, env=env, timeout=900) as server:
                 server.keys_url = keys_url  # type: ignore[attr-defined]
                 wait_for_replicas(server, 2)
                 yield server

@@ -148,3 +148,28 @@ async def test_jobs_survive_a_restart_on_either_store(tmp_path: Path, jobs_url: 
         health = (await client.get("/health")).json()["services"]["jobs"]
     assert sorted(run[0] for run in engine.runs) == [0, 1, 2]
     assert health == {"kind": "postgresql" if jobs_url else "sqlite", "ok": True}
+
+
+def test_replicas_starting_together_create_the_schema_once(postgres: str) -> None:
+    """CREATE TABLE IF NOT EXISTS races in PostgreSQL; limner's stores take a lock around it."""
+    import threading
+
+    from limner.jobs.store import JobStore
+    from limner.server.keys_postgres import PostgresKeyStore
+
+    url = fresh_database(postgres)
+    errors: list[str] = []
+
+    def start() -> None:
+        try:
+            assert PostgresKeyStore(url).check() is None
+            JobStore(url)
+        except Exception as exc:  # collected: a thread's failure must fail the test
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

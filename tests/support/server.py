@@ -93,7 +93,8 @@ def start_server(
             if proc.poll() is not None:
                 raise RuntimeError(f"limner serve exited with {proc.returncode}:\n{server.log()}")
             try:
-                if httpx2.get(server.base_url + "/health", timeout=1.0).status_code == 200:
+                # Generous: through a proxy on a busy machine (Ray Serve), /health can take seconds.
+                if httpx2.get(server.base_url + "/health", timeout=10.0).status_code == 200:
                     break
             except httpx2.TransportError:
                 pass

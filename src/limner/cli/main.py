@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -157,21 +158,26 @@ def serve(
         if ray:
             from limner.ray_app import RayOptions, run
 
+            if importlib.util.find_spec("ray") is None:
+                raise ValueError("--ray needs Ray Serve: pip install 'limner[ray]'")
+
             env = {k: v for k, v in os.environ.items() if k.startswith(("LIMNER_", "AWS_", "HF_", "OMP_"))}
-            run(
-                settings,
-                RayOptions(
-                    address=ray_address,
-                    replicas=replicas,
-                    min_replicas=min_replicas,
-                    max_replicas=max_replicas,
-                    target_ongoing_requests=target_ongoing_requests,
-                    cpus_per_replica=cpus_per_replica,
-                    gpus_per_replica=gpus_per_replica,
-                    max_ongoing_requests=max_ongoing_requests,
-                    max_queued_requests=max_queued_requests,
-                    env=env,
-                ),
+            _run_on_ray(
+                lambda: run(
+                    settings,
+                    RayOptions(
+                        address=ray_address,
+                        replicas=replicas,
+                        min_replicas=min_replicas,
+                        max_replicas=max_replicas,
+                        target_ongoing_requests=target_ongoing_requests,
+                        cpus_per_replica=cpus_per_replica,
+                        gpus_per_replica=gpus_per_replica,
+                        max_ongoing_requests=max_ongoing_requests,
+                        max_queued_requests=max_queued_requests,
+                        env=env,
+                    ),
+                )
             )
             return
         application = create_app(settings)
@@ -214,6 +220,20 @@ def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None, keys_url
     except (KeyDatabaseError, ValueError) as exc:
         typer.echo(f"limner keys: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _run_on_ray(start: Callable[[], None]) -> None:
+    """Ray's own failures to start (a cluster that does not answer, a proxy that never came up) are
+    one line, like every other start-up error."""
+    try:
+        start()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        typer.echo(
+            f"limner serve: Ray Serve did not start: {type(exc).__name__}: {exc}".splitlines()[0], err=True
+        )
+        raise typer.Exit(2) from None
 
 
 @keys_app.command("create")

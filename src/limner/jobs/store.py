@@ -115,6 +115,11 @@ class JobStore:
         else:
             location.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
+            if self.kind == "postgresql":
+                from limner.server.keys_postgres import SCHEMA_LOCK
+
+                # Replicas start together: one creates the schema while the others wait.
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)

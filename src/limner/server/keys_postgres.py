@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS limner_meta (name TEXT PRIMARY KEY, value TEXT NOT NU
 """
 
 
+#: The advisory lock that serializes limner's schema creation in PostgreSQL (any constant will do).
+SCHEMA_LOCK = 0x6C696D6E6572  # "limner"
+
+
 class PostgresKeyStore(KeyStore):
     kind = "postgresql"
 
@@ -56,6 +60,9 @@ class PostgresKeyStore(KeyStore):
                 self.url, connect_timeout=max(1, int(self.timeout)), autocommit=False
             ) as db:
                 if not self._ready:
+                    # Replicas start together: CREATE ... IF NOT EXISTS races in PostgreSQL (a unique
+                    # violation on its catalog), so one creates while the others wait.
+                    db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     db.execute(_SCHEMA)
                     self._ready = True
                 yield db
