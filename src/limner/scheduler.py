@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -370,12 +370,11 @@ class Lane:
 
     def _draw(self, live: list[Ticket[Any]]) -> list[list[Image.Image] | LimnerError]:
         """Each live job's images (or the error that was its alone)."""
-        jobs, contexts = [t.job for t in live], [t.ctx for t in live]
-        if len(live) == 1:
-            return list(self.engine.run_batch(jobs, contexts))
         try:
-            return list(self.engine.run_batch(jobs, contexts))
+            return list(self.engine.run_batch([t.job for t in live], [t.ctx for t in live]))
         except LimnerError:
+            if len(live) == 1:
+                raise
             # One job the engine refused should not fail the others: run each alone, so that only
             # the one at fault gets the error.
             results: list[list[Image.Image] | LimnerError] = []
@@ -652,9 +651,6 @@ class Scheduler:
                     "failed": sum(s.failed for s in stats),
                 }
         return out
-
-    def __iter__(self) -> Iterator[Lane]:
-        return iter(self.lanes.values())
 
 
 async def _first(*futures: asyncio.Future[Any]) -> None:

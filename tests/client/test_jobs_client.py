@@ -14,12 +14,17 @@ from limner.client import (
     ApiClient,
     AsyncApiClient,
     AsyncJobsApi,
+    BadRequestException,
     Configuration,
     ImagesApi,
     JobFailed,
     JobsApi,
 )
+from limner.errors import InvalidValue
+from limner.server.settings import Settings
 from tests.client.scripted_server import Reply, scripted
+from tests.support.engines import GateEngine
+from tests.support.inprocess import app_client
 from tests.support.server import RunningServer
 
 
@@ -41,8 +46,8 @@ def test_submit_wait_and_list(server: RunningServer) -> None:
         sync = ImagesApi(client).create_image(prompt="a red sun", model="gpt-image-1", quality="low", seed=21)
         assert done.result is not None and done.result.data[0].b64_json == sync.data[0].b64_json
         assert job.id in {j.id for j in jobs.list(limit=50).data}
-        failing = jobs.submit_image(prompt="x", model="gpt-image-1", size="1024x1024", quality="low")
-        assert jobs.cancel(failing.id).status in ("cancelled", "completed")
+        other = jobs.submit_image(prompt="x", model="gpt-image-1", size="1024x1024", quality="low")
+        assert jobs.cancel(other.id).status in ("cancelled", "completed")
 
 
 async def test_async_jobs_api(server: RunningServer) -> None:
@@ -53,14 +58,27 @@ async def test_async_jobs_api(server: RunningServer) -> None:
         assert done.status == "completed" and done.result is not None
 
 
-def test_a_failed_job_raises_with_its_error(server: RunningServer) -> None:
+def test_a_request_refused_up_front_is_an_api_error_not_a_job(server: RunningServer) -> None:
     with ApiClient(Configuration(host=server.api_base, access_token=None)) as client:
         jobs = JobsApi(client)
         # Refused up front: a 400 for the submit itself, as for a synchronous request.
-        with pytest.raises(Exception) as info:
+        with pytest.raises(BadRequestException) as info:
             jobs.submit_image(prompt="x", model="dall-e-3", size="256x256")
-        assert getattr(info.value, "param", None) == "size"
-        assert not isinstance(info.value, JobFailed)
+        assert info.value.param == "size"
+
+
+async def test_waiting_for_a_job_that_failed_raises_its_error(tmp_path: Path) -> None:
+    engine = GateEngine(fail_with=InvalidValue("The engine refused this one.", param="prompt"))
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as http:
+        config = Configuration(host="http://testserver/v1", access_token=None)
+        async with AsyncApiClient(config, http_client=http) as client:
+            jobs = AsyncJobsApi(client)
+            job = await jobs.submit_image(prompt="x", model="m", size="64x64")
+            with pytest.raises(JobFailed) as info:
+                await jobs.wait(job.id, interval=0.01, timeout=60)
+            assert info.value.param == "prompt" and info.value.message == "The engine refused this one."
+            assert (await jobs.retrieve(job.id)).status == "failed"
 
 
 def test_cli_generate_async_then_jobs_wait(server: RunningServer, tmp_path: Path) -> None:

@@ -21,10 +21,19 @@ def colour_of(seed: int) -> tuple[int, int, int]:
 
 
 class GateEngine(EngineBase):
-    def __init__(self, *, max_batch: int = 8, batches: bool = True, max_side: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch: int = 8,
+        batches: bool = True,
+        max_side: int = 4096,
+        fail_with: Exception | None = None,
+    ) -> None:
         self._info = EngineInfo("gate", max_batch=max_batch, size_multiple=8)
         self.batches = batches
         self.max_side = max_side
+        #: Raised by every run once it is let through: a job that fails while it runs.
+        self.fail_with = fail_with
         self.permits = threading.Semaphore(0)  # one per run allowed to finish
         self.runs: list[list[int]] = []  # the seeds of each run, in the order the runs began
         self._lock = threading.Lock()
@@ -53,6 +62,8 @@ class GateEngine(EngineBase):
         while not self.permits.acquire(timeout=0.01):
             if all(ctx.cancelled for ctx in contexts):
                 raise JobCancelled()
+        if self.fail_with is not None:
+            raise self.fail_with
         return [
             []
             if ctx.cancelled

@@ -25,7 +25,7 @@ from limner.client._client import ApiClient
 from limner.client._exceptions import ApiException
 from limner.client._files import FileInput
 from limner.client._images import Timeout, edit_call, generation_call, variation_call
-from limner.types import ErrorResponse, ImageJob, ImageJobList
+from limner.types import CreateImageRequest, ErrorResponse, ImageJob, ImageJobList
 
 
 class JobFailed(ApiException):
@@ -67,7 +67,7 @@ class JobsApi:
 
     def submit_image(
         self,
-        request: Any = None,
+        request: CreateImageRequest | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
@@ -133,7 +133,7 @@ class AsyncJobsApi:
 
     async def submit_image(
         self,
-        request: Any = None,
+        request: CreateImageRequest | None = None,
         *,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,

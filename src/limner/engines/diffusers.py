@@ -446,7 +446,7 @@ class DiffusersEngine(EngineBase):
         self._check_inputs(job)
         loaded = self._loaded
         if loaded is not None:
-            self._plan(job, loaded)
+            self._plan(job, loaded, inputs=False)
 
     def _check_inputs(self, job: Job) -> None:
         operation = (
@@ -769,8 +769,9 @@ class DiffusersEngine(EngineBase):
     def _guidance(self, job: Job) -> float | None:
         return job.guidance_scale if job.guidance_scale is not None else self.options.guidance[job.detail]
 
-    def _plan(self, job: Job, loaded: _Loaded) -> _Plan:
-        """What one job asks of a pipeline call, per image and shared, checked against the pipeline."""
+    def _plan(self, job: Job, loaded: _Loaded, *, inputs: bool = True) -> _Plan:
+        """What one job asks of a pipeline call, per image and shared, checked against the pipeline.
+        `inputs=False` only checks (check() runs on the event loop: no image is resized there)."""
         task = self._task(job)
         strength = self._strength(job)
         plan = _Plan(job=job, task=task, strength=strength, steps=self._steps(job, strength))
@@ -783,19 +784,24 @@ class DiffusersEngine(EngineBase):
             assert job.image is not None  # check() refused a variation without one
             self._require_task(loaded, "image2image", "A variation", "model")
             plan.text = self._text_kwargs(job, "", loaded.base)
-            plan.image = _fit(job.image.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+            if inputs:
+                plan.image = _fit(job.image.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
             return plan
         assert isinstance(job, EditJob)
-        image = _fit(job.images[0].convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
-        plan.image = image
         if job.mask is None:
             self._require_task(loaded, "image2image", "An edit without a mask", "mask")
             plan.text = self._text_kwargs(job, job.prompt, loaded.base)
+        else:
+            if loaded.inpaint_base is None:
+                self._require_task(loaded, "inpaint", "A masked edit", "mask")
+            plan.text = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
+        if not inputs:
             return plan
-        if loaded.inpaint_base is None:
-            self._require_task(loaded, "inpaint", "A masked edit", "mask")
+        image = _fit(job.images[0].convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+        plan.image = image
+        if job.mask is None:
+            return plan
         mask = _fit(job.mask.convert("L"), job.width, job.height, Image.Resampling.NEAREST)
-        plan.text = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
         plan.mask = mask
 
         def compose(drawn: Image.Image) -> Image.Image:

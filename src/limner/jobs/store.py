@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ CREATE INDEX IF NOT EXISTS limner_jobs_owner ON limner_jobs (owner, created_ns);
 CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
 """
 
-ACTIVE = ("queued", "in_progress")
 ENDED = ("completed", "failed", "cancelled")
 
 
@@ -75,8 +74,6 @@ class JobRecord:
     result: Any = None
     error: Any = None
     status_code: int | None = None
-    #: Not stored: filled in by the runner while the job lives in this process.
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _COLUMNS = (

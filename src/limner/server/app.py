@@ -17,7 +17,7 @@ from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
 from limner.jobs.manager import JobManager
 from limner.jobs.store import JobStore
-from limner.scheduler import KeyLimits, Lane, ModelLimits, Scheduler
+from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.keys import open_key_store
@@ -45,7 +45,7 @@ async def _sweep_forever(store: SignedStore, jobs: JobStore, interval: float) ->
         await asyncio.sleep(interval)
 
 
-def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Metrics | None) -> Scheduler:
+def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Observer | None) -> Scheduler:
     """The scheduler's lanes and limits, from the configuration, before any request arrives."""
     lanes = {}
     for key, engine in registry.engines.items():
@@ -100,7 +100,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
                             metrics.model_loaded(name, time.perf_counter() - started)
         if metrics is not None:
             for name, served in registry.models.items():
-                metrics.loaded.labels(name).set(1 if registry.engines[served.engine_key].loaded else 0)
+                metrics.model_state(name, loaded=registry.engines[served.engine_key].loaded)
         scheduler.start()
         await manager.recover()  # jobs a crash interrupted run again before anything new
         for line in banner.startup_lines(settings, registry, startup_hashes):

@@ -151,6 +151,9 @@ class Metrics:
     def images_made(self, model: str, operation: str, count: int) -> None:
         self.images.labels(model, operation).inc(count)
 
+    def model_state(self, model: str, *, loaded: bool) -> None:
+        self.loaded.labels(model).set(1 if loaded else 0)
+
     def model_loaded(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).set(seconds)
         self.loaded.labels(model).set(1)
