@@ -171,6 +171,7 @@ def local_profile(
     default_size: str = "512x512",
     operations: Iterable[str] = ("generate", "edit", "vary"),
     default_response_format: Literal["url", "b64_json"] = "b64_json",
+    edit_max_images: int = MAX_IMAGES_PER_EDIT,
 ) -> ModelProfile:
     """The profile of an operator-configured model: every GPT-image field and both response formats,
     with the sizes its engine supports (a fixed list, or any multiple of `size_multiple`)."""
@@ -191,6 +192,7 @@ def local_profile(
         input_fidelity=True,
         default_response_format=default_response_format,
         echo_settings=True,
+        edit_max_images=edit_max_images,
     )
 
 

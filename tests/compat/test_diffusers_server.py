@@ -200,21 +200,7 @@ def test_streamed_partials_generation_and_edit(client: openai.OpenAI) -> None:
 
 
 def test_leaving_a_stream_interrupts_the_pipeline(client: openai.OpenAI, tiny_server: RunningServer) -> None:
-    tiny_server.wait_idle()
-    done, cancelled = tiny_server.jobs()
-    stream = client.images.generate(
-        model="tiny",
-        prompt="x",
-        size="256x256",
-        stream=True,
-        partial_images=3,
-        n=4,
-        extra_body={"num_inference_steps": 150},
-    )
-    assert next(iter(stream)).type == "image_generation.partial_image"
-    stream.close()
-    tiny_server.wait_idle()
-    assert tiny_server.jobs() == (done, cancelled + 1)  # interrupted, not run to its 150th step
+    tiny_server.leave_a_long_stream(client, "tiny", "256x256")
 
 
 def test_full_queue_answers_429(tiny_text2image_dir: Path, tmp_path: Path) -> None:

@@ -182,7 +182,8 @@ def test_engine_satisfies_the_protocol_and_describes_itself(tiny_engine: Any) ->
     assert info.name == "tiny"
     assert info.operations == frozenset({"generate", "edit", "vary"})
     assert info.sizes is None and info.size_multiple == 64
-    assert info.extra_reference_images is False
+    assert info.max_images == 1 and info.mask and info.negative_prompt and info.guidance_scale
+    assert not info.transparency
     assert info.extras["pipeline"] == "StableDiffusionPipeline"
     assert info.extras["background"] == "opaque"
 

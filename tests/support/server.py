@@ -50,6 +50,25 @@ class RunningServer:
         jobs = self.health()["jobs"].values()
         return sum(j["done"] for j in jobs), sum(j["cancelled"] for j in jobs)
 
+    def leave_a_long_stream(self, client: Any, model: str, size: str) -> None:
+        """Start a 150-step stream of 4 images, read its first partial image, leave, and check that
+        the job was interrupted: counted as cancelled, never as done."""
+        self.wait_idle()
+        done, cancelled = self.jobs()
+        stream = client.images.generate(
+            model=model,
+            prompt="x",
+            size=size,
+            stream=True,
+            partial_images=3,
+            n=4,
+            extra_body={"num_inference_steps": 150},
+        )
+        assert next(iter(stream)).type == "image_generation.partial_image"
+        stream.close()
+        self.wait_idle()
+        assert self.jobs() == (done, cancelled + 1)  # interrupted, not run to its 150th step
+
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Until no job runs or waits; a generous deadline, since a loaded machine is slow."""
         deadline = time.monotonic() + timeout

@@ -27,8 +27,14 @@ class EngineInfo:
     sizes: tuple[tuple[int, int], ...] | None = None
     size_multiple: int = 1
     max_pixels: int = 3840 * 2160
-    #: How many reference images edits use beyond the first (0: only the first is used).
-    extra_reference_images: bool = True
+    #: The images one edit takes: 1 edits that image alone; more are used together (references).
+    max_images: int = 16
+    #: What the engine honours, advertised on /v1/models and refused up front where False:
+    #: an edit's mask, `negative_prompt`, `guidance_scale`, `background=transparent`.
+    mask: bool = True
+    negative_prompt: bool = True
+    guidance_scale: bool = True
+    transparency: bool = True
     #: The most images one engine run may hold (the scheduler fills batches up to it).
     max_batch: int = 1
     extras: dict[str, str] = field(default_factory=dict)

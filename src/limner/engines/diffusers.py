@@ -54,22 +54,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import logging
 import math
 import os
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, cast
 
 from PIL import Image
 
+from limner.engines import diffusers_families as families
 from limner.engines.base import EngineBase, EngineInfo
 from limner.engines.diffusers_previews import PreviewDecoder, PreviewMode, preview_steps
 from limner.engines.jobs import Detail, EditJob, GenerateJob, Job, JobContext, VaryJob, _JobBase
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
+from limner.rules import MAX_IMAGES_PER_EDIT
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ EXTRA_HINT = "pip install 'limner[diffusers]'"
 #: only handle on look): vivid "hyper-real and dramatic", natural "more natural, less hyper-real".
 STYLE_SUFFIX = {"vivid": ", vivid, hyper-real, dramatic", "natural": ", natural, realistic, understated"}
 
-Task = Literal["text2image", "image2image", "inpaint"]
+Task = Literal["text2image", "image2image", "inpaint", "reference"]
 
+#: The smallest side a reference image is given to a pipeline with (FLUX.2 refuses smaller ones).
+MIN_REFERENCE_SIDE = 64
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DETAILS: tuple[Detail, ...] = ("low", "medium", "high")
@@ -108,8 +110,23 @@ _KNOWN_OPTIONS = frozenset(
         "preview",
         "max_batch",
         "load",
+        "max_images",
+        "true_cfg_scale",
+        "resolution_binning",
     }
 )
+
+
+class _NoEmptyFloat32Warning(logging.Filter):
+    """`from_pipe` casts the shared modules to their own dtype on every call (a no-op), and diffusers
+    warns each time about the modules that must stay in float32, even when there are none. Only that
+    empty warning is dropped; one that names modules still reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+_QUIET_CASTS = _NoEmptyFloat32Warning()
 
 
 def _module(name: str) -> Any:
@@ -146,7 +163,8 @@ class DiffusersOptions:
     #: None: the pipeline's own default guidance scale.
     guidance: dict[Detail, float | None] = field(default_factory=lambda: dict.fromkeys(_DETAILS))
     sizes: tuple[tuple[int, int], ...] | None = None
-    size_multiple: int = 64
+    #: None: from the pipeline (the VAE's scale factor times the family's latent multiple).
+    size_multiple: int | None = None
     max_size: int = 2048
     #: Width times height at most; None: max_size squared.
     max_pixels: int | None = None
@@ -154,6 +172,14 @@ class DiffusersOptions:
     preview: PreviewMode = "auto"
     max_batch: int = 1
     load_at_startup: bool = False
+    #: Reference images an edit may send to a reference-image editor; None: the family's limit or 16.
+    max_images: int | None = None
+    #: The true-CFG scale a negative prompt runs at on families whose guidance_scale is a distilled
+    #: guidance input (FLUX.1): there a negative prompt needs a second pass, at this scale.
+    true_cfg_scale: float = 4.0
+    #: SANA and PixArt compute at the nearest trained aspect ratio and resize when True; off, the
+    #: requested size is the computed size.
+    resolution_binning: bool = False
 
 
 def _fail(option: str, message: str) -> ValueError:
@@ -222,13 +248,16 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
     if "guidance" in options:
         guidance.update(_per_detail("guidance", options["guidance"], lambda o, v: _float(o, v, 0.0, 100.0)))
 
-    size_multiple = _int("size_multiple", options.get("size_multiple", 64), 8, 4096)
-    if size_multiple % 8:
-        raise _fail("size_multiple", f"must be a multiple of 8 (the VAE's scale), got {size_multiple}")
-    max_size = _int("max_size", options.get("max_size", 2048), size_multiple, 16384)
+    size_multiple: int | None = None
+    if options.get("size_multiple") is not None:
+        size_multiple = _int("size_multiple", options["size_multiple"], 8, 4096)
+        if size_multiple % 8:
+            raise _fail("size_multiple", f"must be a multiple of 8 (the VAE's scale), got {size_multiple}")
+    least = size_multiple or 16
+    max_size = _int("max_size", options.get("max_size", 2048), least, 16384)
     max_pixels = options.get("max_pixels")
     if max_pixels is not None:
-        max_pixels = _int("max_pixels", max_pixels, size_multiple * size_multiple, 16384 * 16384)
+        max_pixels = _int("max_pixels", max_pixels, least * least, 16384 * 16384)
     sizes: tuple[tuple[int, int], ...] | None = None
     if "sizes" in options:
         raw = options["sizes"]
@@ -254,6 +283,12 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
     load = options.get("load", "lazy")
     if load not in ("lazy", "startup"):
         raise _fail("load", f"expected lazy or startup; got {load!r}")
+    binning = options.get("resolution_binning", False)
+    if not isinstance(binning, bool):
+        raise _fail("resolution_binning", f"expected true or false, got {binning!r}")
+    max_images = options.get("max_images")
+    if max_images is not None:
+        max_images = _int("max_images", max_images, 1, MAX_IMAGES_PER_EDIT)
     return DiffusersOptions(
         source=source,
         inpaint_source=inpaint_source,
@@ -270,6 +305,9 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         preview=cast(PreviewMode, preview),
         max_batch=_int("max_batch", options.get("max_batch", 1), 1, 64),
         load_at_startup=load == "startup",
+        max_images=max_images,
+        true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
+        resolution_binning=binning,
     )
 
 
@@ -329,60 +367,96 @@ def _check_source(model_name: str, option: str, source: str | None) -> None:
     )
 
 
-def _pipeline_class_name(source: str) -> str | None:
-    """The pipeline class from model_index.json, without loading anything (None when unknown)."""
-    index: str | None = None
+def _local_folder(source: str) -> str | None:
+    """The folder holding the checkpoint: the source itself, or a hub id's snapshot in the local
+    cache (never a network call here); None when neither."""
     if os.path.isdir(source):
-        index = os.path.join(source, "model_index.json")
-    else:
-        try:  # a hub id already in the local cache; never a network call here
-            cached = _module("huggingface_hub").try_to_load_from_cache(source, "model_index.json")
-            index = cached if isinstance(cached, str) else None
-        except Exception:
-            index = None
-    if index is None or not os.path.isfile(index):
-        return None
+        return source
     try:
-        name = json.loads(Path(index).read_text()).get("_class_name")
-    except (OSError, ValueError):
+        cached = _module("huggingface_hub").try_to_load_from_cache(source, "model_index.json")
+    except Exception:
         return None
-    return name if isinstance(name, str) else None
+    return os.path.dirname(cached) if isinstance(cached, str) else None
 
 
 def _task_class(task: Task, pipeline_class_name: str) -> Any:
     """The diffusers pipeline class for `task` that pairs with a text-to-image class, or None."""
+    if task == "reference":
+        return None
     auto = _module("diffusers.pipelines.auto_pipeline")
     mapping = {
         "text2image": auto.AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
         "image2image": auto.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
         "inpaint": auto.AUTO_INPAINT_PIPELINES_MAPPING,
     }[task]
-    return auto._get_task_class(mapping, pipeline_class_name, throw_error_if_not_exist=False)
+    found = auto._get_task_class(mapping, pipeline_class_name, throw_error_if_not_exist=False)
+    # The image-to-image table lists reference editors (FLUX.2, Kontext, Qwen-Image-Edit) as their
+    # own image-to-image pipeline: that is the reference task, not an image-to-image one.
+    return None if found is not None and found.__name__ == pipeline_class_name else found
 
 
 def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngine:
-    """Validate the options, check that the extra is installed, and return an engine (not loaded yet).
+    """Validate the options, check that the extra and the checkpoint's own needs are installed, and
+    return an engine (not loaded yet).
 
-    Raises ValueError for a bad option (the message names it) and EngineUnavailable when torch or
-    diffusers cannot be imported (the message names the extra). Imports torch and diffusers (seconds).
+    Raises ValueError for a bad option (the message names it) and EngineUnavailable when a package is
+    missing (the message names it). Imports torch and diffusers (seconds).
     """
     parsed = parse_options(options)
     _require_extra(model_name)
     for option in ("source", "inpaint_source"):
         _check_source(model_name, option, getattr(parsed, option))
+    folder = _local_folder(parsed.source)
+    if folder is not None:
+        missing = families.missing_packages(folder, families.read_config(folder, "model_index.json"))
+        if missing:
+            raise EngineUnavailable(
+                f"Model '{model_name}' needs packages that are not installed: {'; '.join(missing)}. "
+                "Install them (pip install <package>) and start the server again."
+            )
     torch, diffusers = _module("torch"), _module("diffusers")
     if parsed.scheduler is not None:
         cls = getattr(diffusers, parsed.scheduler, None)
         if not (inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin)):
             raise _fail("scheduler", f"{parsed.scheduler!r} is not a diffusers scheduler class")
     device = _resolve_device(torch, parsed.device)
-    return DiffusersEngine(
+    engine = DiffusersEngine(
         model_name, parsed, device=device, dtype=_resolve_dtype(torch, parsed.dtype, device)
     )
+    need = engine.caps.required_multiple
+    if parsed.size_multiple is not None and parsed.size_multiple % need:
+        raise _fail(
+            "size_multiple", f"must be a multiple of {need} for this pipeline, got {parsed.size_multiple}"
+        )
+    bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
+    if bad:
+        raise _fail("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
+    return engine
 
 
 # --------------------------------------------------------------------------------------------------
 # The engine
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one model can do, from its family and configs: the engine refuses exactly what this
+    says it cannot do, and its EngineInfo (so /v1/models) shows the same."""
+
+    pipeline: str
+    family: families.Family
+    guidance: families.GuidanceKind
+    #: The multiple the pipeline needs (VAE factor x latent multiple) and the one served.
+    required_multiple: int
+    size_multiple: int
+    operations: frozenset[str]
+    image2image: bool  # an unmasked edit or a variation with an image-to-image pipeline
+    mask: bool
+    max_images: int
+
+    @property
+    def references(self) -> bool:
+        return self.family.edits == "reference"
 
 
 @dataclass
@@ -405,8 +479,11 @@ class DiffusersEngine(EngineBase):
         self.dtype = dtype
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
-        class_name = _pipeline_class_name(options.source)
-        self._info = self._make_info(class_name)
+        self._folder = _local_folder(options.source)
+        index = families.read_config(self._folder, "model_index.json") if self._folder else {}
+        class_name = index.get("_class_name")
+        self.caps = self._capabilities(class_name if isinstance(class_name, str) else None)
+        self._info = self._make_info()
 
     # -- Engine protocol ---------------------------------------------------------------------------
 
@@ -429,8 +506,9 @@ class DiffusersEngine(EngineBase):
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load()
-                # The real class is known now; a hub id not in the cache could not tell us before.
-                self._info = self._make_info(type(self._loaded.base).__name__)
+                # The real class is known now (a folder without model_index.json could not tell).
+                self.caps = self._capabilities(type(self._loaded.base).__name__)
+                self._info = self._make_info()
 
     def close(self) -> None:
         """Drop the pipelines (and the device memory they hold)."""
@@ -441,45 +519,23 @@ class DiffusersEngine(EngineBase):
             torch.cuda.empty_cache()
 
     def check(self, job: Job) -> None:
-        """Everything that can be refused before the pipeline runs: operation, size, background,
-        the inputs of edits and variations, and (once loaded) the fields this pipeline cannot honour."""
-        self._check_inputs(job)
-        loaded = self._loaded
-        if loaded is not None:
-            self._plan(job, loaded, inputs=False)
+        """Everything that can be refused before the pipeline runs, from the capabilities alone (no
+        weights needed): operation, size, background, the images and mask of edits, input_fidelity,
+        negative_prompt, guidance_scale and steps. No image is resized here (this runs on the event
+        loop); the run resizes them once."""
+        self._plan(job, inputs=False)
 
-    def _check_inputs(self, job: Job) -> None:
-        operation = (
-            "generate" if isinstance(job, GenerateJob) else "edit" if isinstance(job, EditJob) else "vary"
-        )
-        self._check_job(job, operation)
-        if isinstance(job, EditJob):
-            if not job.images:
-                raise InvalidValue("An edit needs an image.", param="image")
-            if len(job.images) > 1:
-                raise InvalidValue(
-                    f"Model '{self.model_name}' edits one image and takes no reference images; "
-                    f"{len(job.images)} were sent. Send a single image.",
-                    param="image",
-                )
-            source = job.images[0]
-            if job.mask is not None and job.mask.size != source.size:
-                raise InvalidValue(
-                    f"The mask is {job.mask.size[0]}x{job.mask.size[1]} but the image is "
-                    f"{source.size[0]}x{source.size[1]}; they must be the same size.",
-                    param="mask",
-                )
-        if isinstance(job, VaryJob) and job.image is None:
-            raise InvalidValue("A variation needs an image.", param="image")
-        self._steps(job, self._strength(job))
-
-    def batch_key(self, job: Job) -> Hashable:
+    def batch_key(self, job: Job) -> Hashable | None:
         """Jobs that one pipeline call can run together: the same task, size, steps, guidance,
         strength (the scheduler is fixed per model) and whether there is a negative prompt. Prompts,
-        inputs and seeds differ per image."""
+        inputs and seeds differ per image. Reference edits run alone: their references are shared by
+        every image of the call."""
+        task = self._task(job)
+        if task == "reference":
+            return None
         strength = self._strength(job)
         return (
-            self._task(job),
+            task,
             job.width,
             job.height,
             self._steps(job, strength),
@@ -503,9 +559,9 @@ class DiffusersEngine(EngineBase):
         its own images. A job whose client left is dropped (an empty list); a call whose jobs have all
         left is interrupted; when every job has left, JobCancelled."""
         for job in jobs:
-            self._check_inputs(job)
+            self._plan(job, inputs=False)
         loaded = self._ready(next((c for c in contexts if not c.cancelled), contexts[0]))
-        plans = [self._plan(job, loaded) for job in jobs]
+        plans = [self._plan(job) for job in jobs]
         entries = [
             _Entry(index, image, ctx, plan)
             for index, (plan, ctx) in enumerate(zip(plans, contexts, strict=True))
@@ -535,13 +591,13 @@ class DiffusersEngine(EngineBase):
 
     def _load(self) -> _Loaded:
         diffusers = _module("diffusers")
+        logging.getLogger("diffusers.models.modeling_utils").addFilter(_QUIET_CASTS)  # once: a set
         base = self._from_pretrained(diffusers, self.options.source, diffusers.AutoPipelineForText2Image)
         scheduler_cls = type(base.scheduler)
         if self.options.scheduler is not None:
             scheduler_cls = getattr(diffusers, self.options.scheduler)
         # from_config keeps the model's beta schedule and prediction type while changing the sampler.
         scheduler_config = scheduler_cls.from_config(base.scheduler.config).config
-        self._check_vae_scale(base)
         inpaint_base = None
         if self.options.inpaint_source is not None:
             inpaint_base = self._from_pretrained(
@@ -562,7 +618,8 @@ class DiffusersEngine(EngineBase):
             except ValueError as exc:
                 if "AutoPipeline can't find" not in str(exc):
                     raise
-                # A pipeline outside the AutoPipeline tables: load it as it is (text-to-image only).
+                # A pipeline outside the AutoPipeline tables (an edit-only checkpoint, a newer
+                # family): load it as it is; its capabilities say what it can do.
                 pipe = diffusers.DiffusionPipeline.from_pretrained(source, **kwargs)
             pipe = pipe.to(self.device)
         except Exception as exc:
@@ -575,60 +632,94 @@ class DiffusersEngine(EngineBase):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _check_vae_scale(self, base: Any) -> None:
-        factor = int(getattr(base, "vae_scale_factor", 8) or 8)
-        bad = [f"{w}x{h}" for w, h in self.options.sizes or () if w % factor or h % factor]
-        if self.options.size_multiple % factor:
-            bad.append(f"size_multiple {self.options.size_multiple}")
-        if bad:
-            raise EngineUnavailable(
-                f"Model '{self.model_name}': {', '.join(bad)} not a multiple of the VAE scale factor "
-                f"{factor}; fix 'sizes' or 'size_multiple' in the config."
-            )
-
     def _ready(self, ctx: JobContext) -> _Loaded:
         ctx.check()
         self.load()
         assert self._loaded is not None
         return self._loaded
 
-    # -- info and checks ---------------------------------------------------------------------------
+    # -- capabilities and checks -------------------------------------------------------------------
 
-    def _make_info(self, class_name: str | None) -> EngineInfo:
-        operations = {"generate", "edit", "vary"}
-        if class_name is not None:
-            try:
-                can_i2i = _task_class("image2image", class_name) is not None
-                can_inpaint = self.options.inpaint_source is not None or (
-                    _task_class("inpaint", class_name) is not None
-                )
-            except (ImportError, AttributeError):  # diffusers moved its tables: assume everything
-                can_i2i = can_inpaint = True
-            operations = {"generate"} | ({"vary"} if can_i2i else set())
-            operations |= {"edit"} if can_i2i or can_inpaint else set()
+    def _capabilities(self, class_name: str | None) -> Capabilities:
+        family = families.family_for(class_name)
+        folder = self._folder
+        index = families.read_config(folder, "model_index.json") if folder else {}
+        transformer = families.read_config(folder, "transformer/config.json") if folder else {}
+        vae = families.read_config(folder, "vae/config.json") if folder else {}
+        required = families.vae_scale_factor(vae) * family.latent_multiple
         opts = self.options
+        operations = {"generate"} if family.generates else set()
+        image2image = mask = False
+        max_images = 1
+        if class_name is None:  # nothing to read yet (load() tells): assume the SD family's tasks
+            image2image = mask = True
+        elif family.edits == "img2img":
+            try:
+                image2image = _task_class("image2image", class_name) is not None
+                mask = opts.inpaint_source is not None or _task_class("inpaint", class_name) is not None
+            except (ImportError, AttributeError):  # diffusers moved its tables: assume everything
+                image2image = mask = True
+        elif family.edits == "reference":
+            image2image = False
+            mask = _task_class("inpaint", class_name) is not None
+            limit = family.max_references or MAX_IMAGES_PER_EDIT
+            max_images = min(limit, opts.max_images or limit)
+        if image2image or family.edits == "reference":
+            operations |= {"edit", "vary"}
+        elif mask:
+            operations.add("edit")
+        return Capabilities(
+            pipeline=class_name or "unknown",
+            family=family,
+            guidance=families.resolve_guidance(family, index, transformer),
+            required_multiple=required,
+            size_multiple=opts.size_multiple or required,
+            operations=frozenset(operations),
+            image2image=image2image,
+            mask=mask,
+            max_images=max_images,
+        )
+
+    def _make_info(self) -> EngineInfo:
+        opts, caps = self.options, self.caps
         sizes = opts.sizes
         return EngineInfo(
             name=self.model_name,
-            operations=frozenset(operations),
+            operations=caps.operations,
             sizes=sizes,
-            size_multiple=opts.size_multiple if sizes is None else 8,
+            size_multiple=caps.size_multiple if sizes is None else caps.required_multiple,
             max_pixels=max(w * h for w, h in sizes) if sizes else self._max_pixels,
-            extra_reference_images=False,
             max_batch=opts.max_batch,
+            max_images=caps.max_images,
+            mask=caps.mask,
+            negative_prompt=caps.family.negative != "none",
+            guidance_scale=caps.guidance != "none",
+            transparency=False,
             extras={
                 "engine": "diffusers",
                 "source": opts.source,
-                "pipeline": class_name or "unknown",
+                "pipeline": caps.pipeline,
+                "family": caps.family.name,
+                "edits": "reference images"
+                if caps.references
+                else "image-to-image"
+                if caps.image2image
+                else "none",
+                "guidance": caps.guidance,
                 "background": "opaque",
                 "max_size": str(opts.max_size),
             },
         )
 
-    def _check_job(self, job: _JobBase, operation: str) -> None:
-        if operation not in self._info.operations:
+    def _check_job(self, job: Job) -> None:
+        operation = (
+            "generate" if isinstance(job, GenerateJob) else "edit" if isinstance(job, EditJob) else "vary"
+        )
+        caps = self.caps
+        if operation not in caps.operations:
+            does = " and ".join(sorted(caps.operations)) or "nothing"
             raise InvalidValue(
-                f"Model '{self.model_name}' ({self._info.extras['pipeline']}) does not support {operation}.",
+                f"Model '{self.model_name}' ({caps.pipeline}) does not support {operation}; it does {does}.",
                 param="model",
             )
         if job.transparent:
@@ -640,6 +731,48 @@ class DiffusersEngine(EngineBase):
         self._check_size(job.width, job.height)
         if job.n < 1:
             raise InvalidValue(f"n must be at least 1, got {job.n}.", param="n")
+        if isinstance(job, VaryJob) and job.image is None:
+            raise InvalidValue("A variation needs an image.", param="image")
+        if not isinstance(job, EditJob):
+            return
+        if not job.images:
+            raise InvalidValue("An edit needs an image.", param="image")
+        if len(job.images) > caps.max_images:
+            what = (
+                f"takes at most {caps.max_images} reference images"
+                if caps.references
+                else "edits one image and takes no reference images"
+            )
+            raise InvalidValue(
+                f"Model '{self.model_name}' {what}; {len(job.images)} were sent.", param="image"
+            )
+        if job.mask is not None:
+            if not caps.mask:
+                raise InvalidValue(
+                    f"Model '{self.model_name}' ({caps.pipeline}) cannot edit inside a mask; send the "
+                    "edit without one.",
+                    param="mask",
+                )
+            source = job.images[0]
+            if job.mask.size != source.size:
+                raise InvalidValue(
+                    f"The mask is {job.mask.size[0]}x{job.mask.size[1]} but the image is "
+                    f"{source.size[0]}x{source.size[1]}; they must be the same size.",
+                    param="mask",
+                )
+            return
+        if caps.references:
+            if job.input_fidelity == "high":
+                raise InvalidValue(
+                    f"Model '{self.model_name}' ({caps.pipeline}) edits from reference images and has no "
+                    "strength to keep more of them; send input_fidelity 'low' or leave it out.",
+                    param="input_fidelity",
+                )
+        elif not caps.image2image:
+            raise InvalidValue(
+                f"Model '{self.model_name}' ({caps.pipeline}) edits inside a mask only; send a mask.",
+                param="mask",
+            )
 
     def _check_size(self, width: int, height: int) -> None:
         opts = self.options
@@ -652,7 +785,7 @@ class DiffusersEngine(EngineBase):
                     param="size",
                 )
             return
-        m = opts.size_multiple
+        m = self.caps.size_multiple
         if not (m <= width <= opts.max_size and m <= height <= opts.max_size) or width % m or height % m:
             raise InvalidValue(
                 f"Size {width}x{height} is not supported by model '{self.model_name}': width and height "
@@ -670,43 +803,57 @@ class DiffusersEngine(EngineBase):
     def _max_pixels(self) -> int:
         return self.options.max_pixels or self.options.max_size * self.options.max_size
 
-    def _require_task(self, loaded: _Loaded, task: Task, what: str, param: str) -> None:
-        if _task_class(task, type(loaded.base).__name__) is None:
-            raise InvalidValue(
-                f"{what} is not supported by model '{self.model_name}' ({type(loaded.base).__name__} "
-                f"has no {task} pipeline in diffusers).",
-                param=param,
-            )
-
     # -- running -----------------------------------------------------------------------------------
 
-    def _text_kwargs(self, job: _JobBase, prompt: str, pipe: Any) -> dict[str, Any]:
-        """prompt, negative_prompt and guidance_scale, refusing what this pipeline cannot honour."""
-        params = inspect.signature(pipe.__call__).parameters
+    def _call_defaults(self) -> dict[str, Any]:
+        """The defaults of the text-to-image call, from the class (no weights needed)."""
+        cls = getattr(_module("diffusers"), self.caps.pipeline, None)
+        if cls is None:
+            return {}
+        return {
+            name: p.default
+            for name, p in inspect.signature(cls.__call__).parameters.items()
+            if isinstance(p.default, int | float) and not isinstance(p.default, bool)
+        }
+
+    def _text_kwargs(self, job: _JobBase, prompt: str) -> dict[str, Any]:
+        """prompt, negative_prompt and the guidance arguments, as this family takes them; refuses
+        what it cannot honour."""
+        caps = self.caps
+        family = caps.family
         kwargs: dict[str, Any] = {"prompt": prompt}
-        guidance = job.guidance_scale if job.guidance_scale is not None else self.options.guidance[job.detail]
+        guidance = self._guidance(job)
+        argument = "true_cfg_scale" if caps.guidance == "true_cfg" else "guidance_scale"
         if guidance is not None:
-            if "guidance_scale" not in params:
+            if caps.guidance == "none":
                 raise InvalidValue(
-                    f"Model '{self.model_name}' takes no guidance_scale.", param="guidance_scale"
+                    f"Model '{self.model_name}' ({caps.pipeline}) is distilled to run without guidance "
+                    "and takes no guidance_scale.",
+                    param="guidance_scale",
                 )
-            kwargs["guidance_scale"] = guidance
-        if job.negative_prompt:
-            if "negative_prompt" not in params:
-                raise InvalidValue(
-                    f"Model '{self.model_name}' takes no negative_prompt.", param="negative_prompt"
-                )
-            effective = guidance
-            if effective is None and "guidance_scale" in params:
-                default = params["guidance_scale"].default
-                effective = default if isinstance(default, int | float) else None
-            if effective is not None and effective <= 1.0:
+            kwargs[argument] = guidance
+        if not job.negative_prompt:
+            if family.default_negative is not None:
+                kwargs["negative_prompt"] = family.default_negative
+            return kwargs
+        if family.negative == "none":
+            raise InvalidValue(
+                f"Model '{self.model_name}' ({caps.pipeline}) takes no negative_prompt.",
+                param="negative_prompt",
+            )
+        if family.negative == "true_cfg":
+            # The guidance input of a guidance-distilled model is no CFG; the negative prompt gets a
+            # second pass of its own at the configured true-CFG scale.
+            kwargs["true_cfg_scale"] = self.options.true_cfg_scale
+        else:
+            effective = guidance if guidance is not None else self._call_defaults().get(argument)
+            if effective is None or effective <= 1.0:
                 raise InvalidValue(
                     f"negative_prompt has no effect on model '{self.model_name}' at guidance_scale "
                     f"{effective} (classifier-free guidance is off at 1 or below); raise guidance_scale.",
                     param="negative_prompt",
                 )
-            kwargs["negative_prompt"] = job.negative_prompt
+        kwargs["negative_prompt"] = job.negative_prompt
         return kwargs
 
     def _steps(self, job: _JobBase, strength: float | None) -> int:
@@ -734,13 +881,14 @@ class DiffusersEngine(EngineBase):
                 "text2image": diffusers.AutoPipelineForText2Image,
                 "image2image": diffusers.AutoPipelineForImage2Image,
                 "inpaint": diffusers.AutoPipelineForInpainting,
+                "reference": None,
             }[task]
         extra: dict[str, Any] = {}
         if getattr(base, "safety_checker", None) is None and "requires_safety_checker" in base.config:
             extra["requires_safety_checker"] = False  # or every call logs the no-checker warning again
-        if _task_class(task, type(base).__name__) is None:
-            # Not in the AutoPipeline tables (text-to-image only, checked before): the class's own
-            # from_pipe. Its dtype default would convert the shared modules to float32.
+        if auto_cls is None or _task_class(task, type(base).__name__) is None:
+            # The class itself (reference editors; pipelines outside the AutoPipeline tables, which
+            # only generate). Its dtype default would convert the shared modules to float32.
             extra[_dtype_keyword()] = self.dtype
             view = type(base).from_pipe(base, scheduler=scheduler, **extra)
         else:
@@ -753,12 +901,12 @@ class DiffusersEngine(EngineBase):
             return "text2image"
         if isinstance(job, EditJob) and job.mask is not None:
             return "inpaint"
-        return "image2image"
+        return "reference" if self.caps.references else "image2image"
 
     def _strength(self, job: Job) -> float | None:
         high = getattr(job, "input_fidelity", "low") == "high"
         task = self._task(job)
-        if task == "text2image":
+        if task in ("text2image", "reference"):
             return None
         if isinstance(job, VaryJob):
             return self.options.strength["vary"]
@@ -766,38 +914,36 @@ class DiffusersEngine(EngineBase):
             return self.options.strength["inpaint_high_fidelity" if high else "inpaint"]
         return self.options.strength["edit_high_fidelity" if high else "edit"]
 
-    def _guidance(self, job: Job) -> float | None:
+    def _guidance(self, job: Job | _JobBase) -> float | None:
         return job.guidance_scale if job.guidance_scale is not None else self.options.guidance[job.detail]
 
-    def _plan(self, job: Job, loaded: _Loaded, *, inputs: bool = True) -> _Plan:
-        """What one job asks of a pipeline call, per image and shared, checked against the pipeline.
-        `inputs=False` only checks (check() runs on the event loop: no image is resized there)."""
+    def _plan(self, job: Job, *, inputs: bool = True) -> _Plan:
+        """What one job asks of a pipeline call, per image and shared, checked against the
+        capabilities. `inputs=False` only checks (no image is resized)."""
+        self._check_job(job)
         task = self._task(job)
         strength = self._strength(job)
         plan = _Plan(job=job, task=task, strength=strength, steps=self._steps(job, strength))
         if isinstance(job, GenerateJob):
-            plan.text = self._text_kwargs(
-                job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""), loaded.base
-            )
+            plan.text = self._text_kwargs(job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""))
             return plan
         if isinstance(job, VaryJob):
-            assert job.image is not None  # check() refused a variation without one
-            self._require_task(loaded, "image2image", "A variation", "model")
-            plan.text = self._text_kwargs(job, "", loaded.base)
+            assert job.image is not None  # _check_job refused a variation without one
+            # A variation is an edit with an empty instruction: image-to-image from the input, or
+            # the input as the only reference image.
+            plan.text = self._text_kwargs(job, "")
             if inputs:
-                plan.image = _fit(job.image.convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+                plan.image = self._input(job.image, job, task)
+                plan.references = [plan.image] if task == "reference" else []
             return plan
         assert isinstance(job, EditJob)
-        if job.mask is None:
-            self._require_task(loaded, "image2image", "An edit without a mask", "mask")
-            plan.text = self._text_kwargs(job, job.prompt, loaded.base)
-        else:
-            if loaded.inpaint_base is None:
-                self._require_task(loaded, "inpaint", "A masked edit", "mask")
-            plan.text = self._text_kwargs(job, job.prompt, loaded.inpaint_base or loaded.base)
+        plan.text = self._text_kwargs(job, job.prompt)
         if not inputs:
             return plan
-        image = _fit(job.images[0].convert("RGB"), job.width, job.height, Image.Resampling.LANCZOS)
+        if task == "reference":
+            plan.references = [self._input(image, job, task) for image in job.images]
+            return plan
+        image = self._input(job.images[0], job, task)
         plan.image = image
         if job.mask is None:
             return plan
@@ -811,6 +957,24 @@ class DiffusersEngine(EngineBase):
 
         plan.compose = compose
         return plan
+
+    @staticmethod
+    def _input(image: Image.Image, job: Job, task: Task) -> Image.Image:
+        """An input at the output size; a reference image within the output's area, its shape kept
+        (the pipeline reads it at its own size, so a huge upload would cost a huge sequence)."""
+        rgb = image.convert("RGB")
+        if task != "reference":
+            return _fit(rgb, job.width, job.height, Image.Resampling.LANCZOS)
+        # Within the output's area, and no side under MIN_REFERENCE_SIDE (FLUX.2 refuses smaller).
+        scale = min(1.0, math.sqrt(job.width * job.height / (rgb.width * rgb.height)))
+        scale = max(scale, MIN_REFERENCE_SIDE / min(rgb.size))
+        if scale == 1.0:
+            return rgb
+        size = (
+            max(MIN_REFERENCE_SIDE, round(rgb.width * scale)),
+            max(MIN_REFERENCE_SIDE, round(rgb.height * scale)),
+        )
+        return rgb.resize(size, Image.Resampling.LANCZOS)
 
     def _call(self, loaded: _Loaded, chunk: list[_Entry]) -> list[Image.Image]:
         """One pipeline call for the images of `chunk` (one batch key: same task, size, steps...)."""
@@ -826,23 +990,45 @@ class DiffusersEngine(EngineBase):
             "output_type": "pil",
             "generator": [torch.Generator("cpu").manual_seed(e.plan.job.seed + e.image) for e in chunk],
         }
-        if "guidance_scale" in head.text:
-            call["guidance_scale"] = head.text["guidance_scale"]
+        call.update({k: v for k, v in head.text.items() if k not in ("prompt", "negative_prompt")})
         if "negative_prompt" in head.text:
             call["negative_prompt"] = [e.plan.text["negative_prompt"] for e in chunk]
         if head.strength is not None:
             call["strength"] = head.strength
-        if head.task != "image2image":
-            call.update(height=job.height, width=job.width)
-        if head.image is not None:
+        # Every pipeline that takes a size is told it: image-to-image and reference pipelines
+        # otherwise fall back to the input's size or their native one.
+        for name, value in (("height", job.height), ("width", job.width)):
+            if name in params:
+                call[name] = value
+        if "max_area" in params:  # Kontext scales the size to this area (1024x1024 by default)
+            call["max_area"] = job.width * job.height
+        if "_auto_resize" in params:  # and its reference to a trained resolution, unless told not to
+            call["_auto_resize"] = False
+        if "use_resolution_binning" in params:
+            call["use_resolution_binning"] = self.options.resolution_binning
+        if head.task == "reference":
+            refs = head.references
+            call["image"] = refs if self.caps.max_images > 1 else refs[0]
+        elif head.image is not None:
             call["image"] = [e.plan.image for e in chunk]
         if head.mask is not None:
             call["mask_image"] = [e.plan.mask for e in chunk]
         if "callback_on_step_end" in params:
-            call["callback_on_step_end"] = _StepCallback(
-                chunk, PreviewDecoder(view, self.options.preview, job.width, job.height)
+            decoder = PreviewDecoder(
+                view, self.options.preview, job.width, job.height, self.caps.family.preview
             )
-        out = view(**call).images
+            call["callback_on_step_end"] = _StepCallback(chunk, decoder)
+        try:
+            out = view(**call).images
+        except ValueError as exc:
+            # A combination the capabilities did not foresee: the pipeline refused its arguments.
+            # The request gets a 400 that says so; the log has the pipeline's words.
+            logger.warning("model '%s': the pipeline refused a call: %s", self.model_name, exc)
+            raise InvalidValue(
+                f"Model '{self.model_name}' ({self.caps.pipeline}) cannot run this request; the server "
+                "log says why.",
+                param=None,
+            ) from exc
         images = []
         for entry, image in zip(chunk, out, strict=True):
             if image.size != (job.width, job.height):
@@ -869,6 +1055,7 @@ class _Plan:
     image: Image.Image | None = None
     mask: Image.Image | None = None
     compose: Callable[[Image.Image], Image.Image] | None = None
+    references: list[Image.Image] = field(default_factory=list)  # a reference edit's images
 
 
 @dataclass

@@ -13,9 +13,11 @@ Two decoders:
 * **vae**: the model's own VAE decode of the current latents. Exact for the noisy state, costs about
   as much as the final decode, per preview.
 
-Latents that are not (batch, channels, height, width), e.g. the packed sequences of Flux-style
-transformer pipelines, get no preview: the engine then reports fewer partial images than asked, which
-the API allows (a fast image may complete before its partials).
+The transformer families hand over packed latents, which are unpacked first, as each pipeline does
+before its final decode: FLUX.1 and Qwen-Image pack 2x2 patches into a (batch, sequence, channels)
+sequence, FLUX.2 packs patchified latents row by row and normalises them with its VAE's batch-norm
+statistics, and Qwen-Image's VAE is a video VAE (one frame) with its own mean and deviation. They get
+the VAE preview: no community projection for their latent spaces is built in.
 
 torch is imported by the functions that need it, never at import time.
 """
@@ -27,6 +29,8 @@ from typing import Any, Literal
 from PIL import Image
 
 PreviewMode = Literal["auto", "linear", "vae"]
+#: How a family's callback latents are laid out (limner.engines.diffusers_families).
+Layout = Literal["spatial", "flux", "qwen", "flux2"]
 
 # Latent channel -> (R, G, B) factors and an RGB bias, as used by ComfyUI's latent previewer.
 _SD1_FACTORS = (
@@ -64,16 +68,21 @@ def preview_steps(total_steps: int, count: int) -> list[int]:
 class PreviewDecoder:
     """Turns a batch of latents into PIL previews of the output size, or None when it cannot."""
 
-    def __init__(self, pipe: Any, mode: PreviewMode, width: int, height: int) -> None:
+    def __init__(
+        self, pipe: Any, mode: PreviewMode, width: int, height: int, layout: Layout = "spatial"
+    ) -> None:
         self._pipe = pipe
         self._size = (width, height)
+        self._layout = layout
         is_xl = "XL" in type(pipe).__name__
         self._factors, self._bias = (_SDXL_FACTORS, _SDXL_BIAS) if is_xl else (_SD1_FACTORS, _SD1_BIAS)
         self._mode = mode
 
     def decode(self, latents: Any) -> list[Image.Image] | None:
+        if self._layout != "spatial":
+            return self._packed(latents)
         if getattr(latents, "ndim", 0) != 4:
-            return None  # packed latents (transformer pipelines): no cheap, generic way to show them
+            return None  # a layout this module does not know: fewer partial images, never a wrong one
         channels = int(latents.shape[1])
         mode = self._mode
         if mode == "auto":
@@ -103,6 +112,40 @@ class PreviewDecoder:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         with torch.no_grad():
             decoded = vae.decode(latents.to(vae.dtype) / scaling + shift, return_dict=False)[0]
+            pixels = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+            pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(p, "RGB").resize(self._size, Image.Resampling.BILINEAR) for p in pixels]
+
+    def _packed(self, latents: Any) -> list[Image.Image] | None:
+        """Unpack a transformer family's latents as its pipeline does before the final decode."""
+        import torch
+
+        pipe, (width, height) = self._pipe, self._size
+        vae = getattr(pipe, "vae", None)
+        if vae is None or getattr(latents, "ndim", 0) != 3:
+            return None
+        factor = int(pipe.vae_scale_factor)
+        with torch.no_grad():
+            if self._layout == "flux":
+                spatial = pipe._unpack_latents(latents, height, width, factor)
+                scaling = vae.config.scaling_factor
+                spatial = spatial.to(vae.dtype) / scaling + (vae.config.shift_factor or 0.0)
+                decoded = vae.decode(spatial, return_dict=False)[0]
+            elif self._layout == "qwen":
+                spatial = pipe._unpack_latents(latents, height, width, factor).to(vae.dtype)
+                shape = (1, vae.config.z_dim, 1, 1, 1)
+                mean = torch.tensor(vae.config.latents_mean).view(shape).to(spatial.device, spatial.dtype)
+                std = torch.tensor(vae.config.latents_std).view(shape).to(spatial.device, spatial.dtype)
+                decoded = vae.decode(spatial * std + mean, return_dict=False)[0][:, :, 0]
+            else:  # flux2: patchified latents in row-major order, batch-norm normalised
+                rows, cols = height // (factor * 2), width // (factor * 2)
+                batch, _, channels = latents.shape
+                spatial = latents.permute(0, 2, 1).reshape(batch, channels, rows, cols)
+                bn = vae.bn
+                mean = bn.running_mean.view(1, -1, 1, 1).to(spatial.device, spatial.dtype)
+                std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+                spatial = pipe._unpatchify_latents(spatial * std.to(spatial.device, spatial.dtype) + mean)
+                decoded = vae.decode(spatial.to(vae.dtype), return_dict=False)[0]
             pixels = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
             pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(p, "RGB").resize(self._size, Image.Resampling.BILINEAR) for p in pixels]

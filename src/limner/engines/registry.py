@@ -169,6 +169,7 @@ class EngineRegistry:
             max_side=max(side * 4, multiple),
             default_size=default,
             operations=info.operations,
+            edit_max_images=info.max_images,
         )
 
     def lookup(self, defaults: Any) -> rules.ProfileLookup:

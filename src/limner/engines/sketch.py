@@ -51,7 +51,6 @@ _INFO = EngineInfo(
     name="sketch",
     sizes=None,
     size_multiple=1,
-    extra_reference_images=True,
     extras={
         "kind": "procedural",
         "description": "Procedural stand-in for development, demos and tests; not a learned model.",

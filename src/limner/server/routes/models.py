@@ -25,8 +25,10 @@ def _model(request: Request, name: str) -> Model:
 
 
 def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any]:
-    """What the model accepts, from the same rule profile that refuses what it does not: an extra field
-    on each model object (clients that do not know it ignore it; the playground builds its form from it)."""
+    """What the model accepts, from the same rule profile and engine info that refuse what it does not:
+    an extra field on each model object (clients that do not know it ignore it; the playground builds
+    its form from it). For a diffusers model, `family`, `pipeline`, `edits` (image-to-image or
+    reference images) and `guidance` (what guidance_scale drives: cfg, embedded, true_cfg) say how."""
     fields = ["response_format", *EXTENSION_FIELDS]
     if profile.gpt_fields:
         fields += [
@@ -49,7 +51,9 @@ def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any
             "max_pixels": profile.max_pixels,
             "max_aspect": profile.max_aspect,
         }
+    edits = "edit" in profile.operations
     return {
+        **{k: v for k, v in info.extras.items() if k in ("family", "pipeline", "guidance", "edits")},
         "operations": sorted(profile.operations),
         "sizes": list(profile.sizes),
         "size_rule": rule,
@@ -57,10 +61,12 @@ def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any
         "default_size": profile.default_size,
         "qualities": list(profile.qualities),
         "max_n": min(10, profile.max_n),
-        "max_images": profile.edit_max_images,
-        "mask": "edit" in profile.operations,
+        "max_images": profile.edit_max_images if edits else 0,
+        "mask": edits and info.mask,
         "streaming": profile.gpt_fields,
-        "transparency": profile.gpt_fields and info.extras.get("background") != "opaque",
+        "transparency": profile.gpt_fields and info.transparency,
+        "negative_prompt": info.negative_prompt,
+        "guidance_scale": info.guidance_scale,
         "response_formats": ["url", "b64_json"],
         "default_response_format": profile.default_response_format,
         "fields": sorted(fields),

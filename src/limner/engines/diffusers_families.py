@@ -1,0 +1,205 @@
+"""What each diffusers pipeline family can do, and how limner's request fields map onto its call.
+
+One table (`FAMILIES`, by the pipeline class in `model_index.json`) plus what the checkpoint's own
+configs say (the VAE's scale factor, whether the transformer is guidance-distilled) give a model's
+`Capabilities`, before any weight is loaded. The engine refuses, up front, exactly what these
+capabilities say the model cannot do, and /v1/models advertises the same object: what is advertised
+and what is refused cannot disagree.
+
+The families differ in four ways that matter to the API:
+
+* **Sizes.** The size multiple is the VAE's scale factor times the latent multiple: 2 for the
+  transformer families (FLUX.1, FLUX.2 and Qwen-Image pack 2x2 latent patches; SD3 and Z-Image have a
+  patch size of 2), 8 for the UNet families (three 2x downsamplings), 1 for SANA (its DC-AE already
+  compresses 32x).
+* **Edits.** `img2img` families edit with an image-to-image pipeline (and inpaint with a mask) built
+  on the same weights; `reference` families (FLUX.2, FLUX.1 Kontext, Qwen-Image-Edit) take the
+  uploads as reference images of one call and have no strength; `none` cannot edit.
+* **Guidance.** `guidance_scale` is classifier-free guidance (`cfg`), the distilled guidance input of
+  guidance-distilled models (`embedded`: FLUX.1-dev), or Qwen-Image's true CFG (`true_cfg`, passed as
+  `true_cfg_scale`); models distilled to few steps take none (`none`: FLUX.1-schnell, FLUX.2-klein).
+* **Negative prompts.** Through CFG (`cfg`), through true CFG beside a distilled guidance input
+  (`true_cfg`: FLUX.1 runs a second pass at `true_cfg_scale`), or not at all (`none`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+EditKind = Literal["img2img", "reference", "none"]
+GuidanceKind = Literal["cfg", "embedded", "true_cfg", "none"]
+NegativeKind = Literal["cfg", "true_cfg", "none"]
+PreviewKind = Literal["spatial", "flux", "qwen", "flux2"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the table: a pipeline family's fixed facts."""
+
+    name: str
+    latent_multiple: int = 2
+    edits: EditKind = "img2img"
+    #: Reference images one call takes (reference families); None: OpenAI's 16.
+    max_references: int | None = None
+    #: False for edit-only checkpoints (Qwen-Image-Edit): they refuse generations.
+    generates: bool = True
+    guidance: GuidanceKind = "cfg"
+    negative: NegativeKind = "cfg"
+    #: The negative prompt the family's authors recommend when none is given (Qwen-Image: " ", which
+    #: is what turns its true CFG on).
+    default_negative: str | None = None
+    #: How the latents handed to `callback_on_step_end` become a picture (diffusers_previews).
+    preview: PreviewKind = "spatial"
+
+
+_UNET = Family("stable-diffusion", latent_multiple=8)
+_FLUX = Family("flux.1", guidance="embedded", negative="true_cfg", preview="flux")
+_QWEN = Family("qwen-image", guidance="true_cfg", negative="cfg", default_negative=" ", preview="qwen")
+_FLUX2 = Family("flux.2", edits="reference", guidance="embedded", negative="none", preview="flux2")
+
+#: pipeline class -> family. Unknown classes get `generic_family` (what their call signature shows).
+FAMILIES: dict[str, Family] = {
+    "StableDiffusionPipeline": _UNET,
+    "StableDiffusionXLPipeline": Family("stable-diffusion-xl", latent_multiple=8),
+    "StableDiffusion3Pipeline": Family("stable-diffusion-3"),
+    "FluxPipeline": _FLUX,
+    "FluxKontextPipeline": Family(
+        "flux.1-kontext",
+        edits="reference",
+        max_references=1,
+        guidance="embedded",
+        negative="true_cfg",
+        preview="flux",
+    ),
+    "QwenImagePipeline": _QWEN,
+    "QwenImageEditPipeline": Family(
+        "qwen-image-edit",
+        edits="reference",
+        max_references=1,
+        generates=False,
+        guidance="true_cfg",
+        default_negative=" ",
+        preview="qwen",
+    ),
+    "QwenImageEditPlusPipeline": Family(
+        "qwen-image-edit-plus",
+        edits="reference",
+        generates=False,
+        guidance="true_cfg",
+        default_negative=" ",
+        preview="qwen",
+    ),
+    "ZImagePipeline": Family("z-image"),
+    "Flux2Pipeline": _FLUX2,
+    "Flux2KleinPipeline": Family(
+        "flux.2-klein", edits="reference", guidance="cfg", negative="none", preview="flux2"
+    ),
+    "SanaPipeline": Family("sana", latent_multiple=1, edits="none"),
+}
+
+
+def family_for(class_name: str | None) -> Family:
+    if class_name is None:
+        return Family("unknown")
+    return FAMILIES.get(class_name) or generic_family(class_name)
+
+
+def generic_family(class_name: str) -> Family:
+    """A pipeline outside the table: what its text-to-image call takes decides guidance and negative
+    prompts; UNet pipelines keep the SD rule for sizes."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    params = inspect.signature(cls.__call__).parameters if cls is not None else {}
+    return Family(
+        class_name,
+        latent_multiple=8 if "unet" in _init_params(cls) else 2,
+        guidance="cfg" if "guidance_scale" in params else "none",
+        negative="cfg" if "negative_prompt" in params else "none",
+    )
+
+
+def _init_params(cls: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters) if cls is not None else set()
+
+
+# --------------------------------------------------------------------------------------------------
+# What a checkpoint's configs add
+
+
+def read_config(source: str, name: str) -> dict[str, Any]:
+    """One JSON config of a local checkpoint folder ({} when absent or unreadable)."""
+    path = Path(source) / name
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def vae_scale_factor(vae: dict[str, Any]) -> int:
+    """The VAE's spatial compression, from its config, as each pipeline computes it."""
+    if "temperal_downsample" in vae:  # Qwen-Image's video VAE
+        return 2 ** len(vae["temperal_downsample"])
+    blocks = vae.get("encoder_block_out_channels") or vae.get("block_out_channels")  # DC-AE, then KL
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+
+
+def resolve_guidance(family: Family, index: dict[str, Any], transformer: dict[str, Any]) -> GuidanceKind:
+    """What `guidance_scale` drives for this checkpoint: a FLUX.1 transformer without guidance
+    embeddings (schnell) and a step-distilled FLUX.2-klein ignore guidance, so they take none."""
+    if family.guidance == "embedded" and transformer.get("guidance_embeds") is False:
+        return "none"
+    if family.name == "flux.2-klein" and index.get("is_distilled"):
+        return "none"
+    return family.guidance
+
+
+#: Components whose transformers classes need packages beyond torch, diffusers and transformers:
+#: class name -> (package to import, what to install).
+NEEDS: dict[str, tuple[str, str]] = {
+    # transformers 5 builds these processors with a video processor, which needs torchvision.
+    "Qwen2VLProcessor": ("torchvision", "torchvision"),
+    "Qwen2_5_VLProcessor": ("torchvision", "torchvision"),
+    "Qwen3VLProcessor": ("torchvision", "torchvision"),
+}
+#: Tokenizers read from a sentencepiece model when the folder has no tokenizer.json.
+SENTENCEPIECE_TOKENIZERS = frozenset({"T5Tokenizer", "T5TokenizerFast", "LlamaTokenizer", "GemmaTokenizer"})
+
+
+def missing_packages(source: str, index: dict[str, Any]) -> list[str]:
+    """Packages this checkpoint's components need that cannot be imported here, with the component
+    that needs each: found at start-up rather than by the first request."""
+    import importlib.util
+
+    missing: list[str] = []
+    for component, spec in index.items():
+        if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], str)):
+            continue
+        cls = spec[1]
+        need = NEEDS.get(cls)
+        if need is None and cls in SENTENCEPIECE_TOKENIZERS:
+            folder = Path(source) / component
+            if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+                need = ("sentencepiece", "sentencepiece")
+        if need is not None and importlib.util.find_spec(need[0]) is None:
+            missing.append(f"{need[1]} (for its {component}, a {cls})")
+    return missing
+
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "family_for",
+    "missing_packages",
+    "read_config",
+    "resolve_guidance",
+    "vae_scale_factor",
+]

@@ -1,0 +1,229 @@
+"""The family table without weights: capabilities read from a checkpoint's configs, edit-only
+checkpoints, the packages a checkpoint needs, and the size rule each pipeline imposes.
+
+Qwen-Image-Edit and Edit-Plus cannot be built here (transformers builds their processor with a video
+processor that needs torchvision, and torchvision's only wheel here would replace the CPU torch), so
+their checkpoints are described by their configs alone: what limner decides before loading is all
+that these tests need. Everything a pipeline runs is in tests/compat/test_families.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from limner.engines.diffusers import create_engine
+from limner.engines.jobs import EditJob, GenerateJob, VaryJob
+from limner.errors import EngineUnavailable, InvalidValue
+from limner.server.settings import Settings
+from tests.support.inprocess import app_client
+
+pytestmark = pytest.mark.diffusers
+
+QWEN_VAE = {"_class_name": "AutoencoderKLQwenImage", "temperal_downsample": [False, True, True], "z_dim": 16}
+
+
+def _checkpoint(folder: Path, pipeline: str, components: dict[str, list[str]], **configs: Any) -> Path:
+    """A checkpoint folder as save_pretrained writes it, configs only (nothing here loads weights)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline, **components}))
+    for name, config in configs.items():
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def edit_plus(tmp_path: Path) -> Path:
+    """A Qwen-Image-Edit-Plus checkpoint without its processor (so that nothing here needs torchvision)."""
+    return _checkpoint(
+        tmp_path / "qwen-edit-plus",
+        "QwenImageEditPlusPipeline",
+        {"vae": ["diffusers", "AutoencoderKLQwenImage"]},
+        vae=QWEN_VAE,
+        transformer={"_class_name": "QwenImageTransformer2DModel", "guidance_embeds": False},
+    )
+
+
+def _picture(width: int = 64, height: int = 64) -> Image.Image:
+    return Image.new("RGB", (width, height), (200, 40, 40))
+
+
+def _refused(engine: Any, job: Any, param: str) -> InvalidValue:
+    with pytest.raises(InvalidValue) as caught:
+        engine.check(job)
+    assert caught.value.param == param, caught.value.message
+    return caught.value
+
+
+def test_an_edit_only_checkpoint_edits_and_refuses_generations(edit_plus: Path) -> None:
+    engine = create_engine("qwen-edit", {"source": str(edit_plus), "device": "cpu", "max_images": 3})
+    caps = engine.caps
+    assert caps.operations == frozenset({"edit", "vary"}) and caps.references
+    assert caps.size_multiple == 16 and caps.max_images == 3 and caps.guidance == "true_cfg"
+    assert not caps.mask  # diffusers has no inpainting pipeline for Edit-Plus
+    error = _refused(engine, GenerateJob(prompt="a cat", width=64, height=64), "model")
+    assert "does not support generate" in error.message
+    three = [_picture(), _picture(96, 64), _picture(64, 96)]
+    engine.check(EditJob(prompt="put them together", width=64, height=64, images=three))
+    engine.check(VaryJob(width=64, height=64, image=_picture()))  # an edit with an empty instruction
+    _refused(engine, EditJob(prompt="x", width=64, height=64, images=[*three, _picture()]), "image")
+    _refused(
+        engine,
+        EditJob(prompt="x", width=64, height=64, images=[_picture()], mask=Image.new("L", (64, 64))),
+        "mask",
+    )
+    _refused(
+        engine,
+        EditJob(prompt="x", width=64, height=64, images=[_picture()], input_fidelity="high"),
+        "input_fidelity",
+    )
+    # Its guidance is true CFG: the negative prompt works through it, and is refused with it off.
+    engine.check(EditJob(prompt="x", width=64, height=64, images=[_picture()], negative_prompt="blurry"))
+    _refused(
+        engine,
+        EditJob(
+            prompt="x", width=64, height=64, images=[_picture()], negative_prompt="blurry", guidance_scale=1.0
+        ),
+        "negative_prompt",
+    )
+    assert not engine.loaded  # every answer above came from the configs
+
+
+async def test_an_edit_only_checkpoint_on_v1_models_and_through_the_api(
+    edit_plus: Path, tmp_path: Path
+) -> None:
+    engine = create_engine("qwen-edit", {"source": str(edit_plus), "device": "cpu"})
+    async with app_client(Settings(data_dir=tmp_path / "data"), engines={"qwen-edit": engine}) as client:
+        caps = (await client.get("/v1/models/qwen-edit")).json()["capabilities"]
+        assert caps["operations"] == ["edit", "vary"]
+        assert caps["max_images"] == 16 and caps["mask"] is False and caps["edits"] == "reference images"
+        assert caps["family"] == "qwen-image-edit-plus" and caps["guidance"] == "true_cfg"
+        response = await client.post("/v1/images/generations", json={"model": "qwen-edit", "prompt": "a cat"})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "model"
+    assert not engine.loaded
+
+
+def test_qwen_image_edit_takes_one_image_and_masks_through_its_inpainting_pipeline(tmp_path: Path) -> None:
+    folder = _checkpoint(tmp_path / "qwen-edit", "QwenImageEditPipeline", {}, vae=QWEN_VAE)
+    caps = create_engine("qwen-edit", {"source": str(folder), "device": "cpu"}).caps
+    assert caps.max_images == 1 and caps.mask and caps.operations == frozenset({"edit", "vary"})
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here"
+)
+def test_a_package_the_checkpoint_needs_is_named_at_start_up(tmp_path: Path) -> None:
+    folder = _checkpoint(
+        tmp_path / "qwen-edit-plus",
+        "QwenImageEditPlusPipeline",
+        {"processor": ["transformers", "Qwen2VLProcessor"], "vae": ["diffusers", "AutoencoderKLQwenImage"]},
+        vae=QWEN_VAE,
+    )
+    with pytest.raises(EngineUnavailable, match=r"torchvision \(for its processor, a Qwen2VLProcessor\)"):
+        create_engine("qwen-edit", {"source": str(folder), "device": "cpu"})
+    # And `limner serve` stops with that one line instead of failing at the first request.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "limner",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--model",
+            f"q=diffusers:{folder}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "needs packages that are not installed: torchvision" in result.stderr
+
+
+def test_a_t5_tokenizer_without_tokenizer_json_needs_sentencepiece(tmp_path: Path) -> None:
+    from limner.engines.diffusers_families import missing_packages
+
+    index = {"tokenizer_2": ["transformers", "T5TokenizerFast"]}
+    (tmp_path / "tokenizer_2").mkdir()
+    (tmp_path / "tokenizer_2" / "spiece.model").write_bytes(b"")
+    expected = (
+        []
+        if importlib.util.find_spec("sentencepiece")
+        else ["sentencepiece (for its tokenizer_2, a T5TokenizerFast)"]
+    )
+    assert missing_packages(str(tmp_path), index) == expected
+    (tmp_path / "tokenizer_2" / "tokenizer.json").write_text("{}")
+    assert missing_packages(str(tmp_path), index) == []  # the fast tokenizer reads tokenizer.json alone
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "vae", "multiple"),
+    [
+        ("FluxPipeline", {"block_out_channels": [8, 8, 16, 16]}, 16),
+        ("StableDiffusion3Pipeline", {"block_out_channels": [8, 8, 16, 16]}, 16),
+        ("SanaPipeline", {"encoder_block_out_channels": [8, 8, 16, 16, 32, 32]}, 32),
+        ("QwenImagePipeline", QWEN_VAE, 16),
+        ("StableDiffusionPipeline", {"block_out_channels": [8, 8, 16, 16]}, 64),
+    ],
+)
+def test_the_size_multiple_comes_from_the_pipeline(
+    tmp_path: Path, pipeline: str, vae: dict[str, Any], multiple: int
+) -> None:
+    folder = _checkpoint(tmp_path / "m", pipeline, {}, vae=vae)
+    engine = create_engine("m", {"source": str(folder), "device": "cpu"})
+    assert engine.info.size_multiple == multiple
+    with pytest.raises(ValueError, match=f"option 'size_multiple': must be a multiple of {multiple}"):
+        create_engine("m", {"source": str(folder), "device": "cpu", "size_multiple": multiple // 2})
+    with pytest.raises(ValueError, match="option 'sizes'"):
+        create_engine("m", {"source": str(folder), "device": "cpu", "sizes": [f"{multiple + 8}x{multiple}"]})
+    assert (
+        create_engine(
+            "m", {"source": str(folder), "device": "cpu", "size_multiple": 2 * multiple}
+        ).info.size_multiple
+        == 2 * multiple
+    )
+
+
+def test_sana_computes_the_requested_size_unless_binning_is_turned_on(tmp_path: Path) -> None:
+    """Binning computes at the nearest trained aspect ratio and resizes: off by default, so the
+    requested size is the computed size; on when the config says so."""
+    from tests.support.family_pipelines import build_all
+
+    sana = build_all()["sana"]
+    seen: list[tuple[int, int]] = []
+
+    def run(options: dict[str, Any]) -> None:
+        engine = create_engine("sana", {"source": str(sana), "device": "cpu", "steps": 1, **options})
+        engine.load()
+        hook = engine._loaded.base.transformer.register_forward_pre_hook(  # type: ignore[union-attr]
+            lambda _module, args, kwargs: seen.append(
+                tuple(kwargs.get("hidden_states", *args[:1]).shape[-2:])
+            ),
+            with_kwargs=True,
+        )
+        try:
+            (image,) = engine.generate(GenerateJob(prompt="a cat", width=64, height=128), _ctx())
+        finally:
+            hook.remove()
+        assert image.size == (64, 128)
+
+    run({})
+    assert seen[-1] == (4, 2)  # 128x64 pixels over the DC-AE's 32x
+    run({"resolution_binning": True})
+    assert seen[-1] != (4, 2)  # binned to a trained size, then resized back
+
+
+def _ctx() -> Any:
+    from limner.engines.jobs import JobContext
+
+    return JobContext()

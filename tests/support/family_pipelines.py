@@ -1,0 +1,99 @@
+"""Tiny random-weight pipelines of today's diffusion families, built offline for the tests.
+
+The builders are the project's shared ones, ../shared/examples/families/build_*.py beside the
+repository (its README says what each builds; LIMNER_FAMILY_BUILDERS names another folder). `build_all` runs them in parallel subprocesses (one
+per family; each takes a few seconds on 2 cores) into a cache folder keyed by the scripts' contents
+and the installed diffusers and transformers, so a second test session on the same machine reuses
+them. A FLUX.1 Kontext checkpoint is made from the FLUX.1 one (same components, the Kontext class).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(
+    os.environ.get("LIMNER_FAMILY_BUILDERS")
+    or Path(__file__).resolve().parents[3] / "shared" / "examples" / "families"
+)
+
+#: family -> (builder script, its extra arguments)
+BUILDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "flux": ("build_flux.py", ()),
+    "flux-schnell": ("build_flux.py", ("--schnell",)),
+    "sd3": ("build_sd3.py", ()),
+    "qwen-image": ("build_qwenimage.py", ()),
+    "z-image": ("build_zimage.py", ()),
+    "flux2-klein": ("build_flux2_klein.py", ()),
+    "flux2-klein-base": ("build_flux2_klein.py", ("--base",)),
+    "sana": ("build_sana.py", ()),
+}
+
+
+def _key() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(HERE.glob("*.py")):
+        digest.update(path.read_bytes())
+    for package in ("diffusers", "transformers", "torch", "tokenizers"):
+        digest.update(version(package).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LIMNER_TEST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "limner-tests"
+    )
+    return Path(base) / f"families-{_key()}"
+
+
+def build_all(root: Path | None = None) -> dict[str, Path]:
+    """Every family's folder, built where missing (in parallel), plus 'flux-kontext'."""
+    if not (HERE / "tiny_common.py").is_file():
+        raise FileNotFoundError(f"the family builders are not at {HERE} (../shared beside the repository)")
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    folders = {name: root / name for name in BUILDS}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    running = []
+    for name, (script, args) in BUILDS.items():
+        out = folders[name]
+        if (out / "model_index.json").is_file():
+            continue
+        tmp = root / f".{name}.building-{os.getpid()}"
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / script), str(tmp), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        running.append((name, tmp, out, proc))
+    for name, tmp, out, proc in running:
+        output, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the tiny {name} pipeline failed:\n{output[-4000:]}")
+        if not out.exists():  # another session may have finished the same build first
+            os.replace(tmp, out)
+    kontext = root / "flux-kontext"
+    if not (kontext / "model_index.json").is_file():
+        _kontext_from_flux(folders["flux"], kontext)
+    folders["flux-kontext"] = kontext
+    return folders
+
+
+def _kontext_from_flux(flux: Path, out: Path) -> None:
+    """FLUX.1 Kontext has FLUX.1's components; only the pipeline class (and its call) differ."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    FluxKontextPipeline.from_pipe(FluxPipeline.from_pretrained(flux, local_files_only=True)).save_pretrained(
+        tmp
+    )
+    index = json.loads((tmp / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxKontextPipeline"
+    os.replace(tmp, out)
