@@ -76,3 +76,12 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.tiny_pipeline import save_tiny_sdxl_pipeline
 
     return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def family_dirs() -> dict[str, Path]:
+    """A tiny pipeline of each current family (tests/support/family_pipelines.py), built once."""
+    _require_diffusers()
+    from tests.support.family_pipelines import build_all
+
+    return build_all()

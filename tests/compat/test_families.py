@@ -45,13 +45,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def family_dirs() -> dict[str, Path]:
-    from tests.support.family_pipelines import build_all
-
-    return build_all()
-
-
-@pytest.fixture(scope="module")
 def family_server(
     family_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
@@ -106,6 +99,10 @@ def test_v1_models_lists_what_the_family_can_do(family: str, advertised: dict[st
     assert caps["guidance"] == expected["guidance"]
     assert caps["edits"] == expected["edits"]
     assert caps["transparency"] is False
+    # The playground's form (and any client) reads the accepted fields from the same place.
+    assert ("negative_prompt" in caps["fields"]) is expected["negative"]
+    assert ("guidance_scale" in caps["fields"]) is (expected["guidance"] != "none")
+    assert ("input_fidelity" in caps["fields"]) is (expected["edits"] != "reference images")
     multiple = 32 if family == "sana" else 16
     assert caps["size_rule"]["multiple"] == multiple
 

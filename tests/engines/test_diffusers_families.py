@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from limner.engines.diffusers import create_engine
-from limner.engines.jobs import EditJob, GenerateJob, VaryJob
+from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue
 from limner.server.settings import Settings
 from tests.support.inprocess import app_client
@@ -194,27 +195,33 @@ def test_the_size_multiple_comes_from_the_pipeline(
     )
 
 
-def test_sana_computes_the_requested_size_unless_binning_is_turned_on(tmp_path: Path) -> None:
+def _counting(engine: Any) -> list[int]:
+    """Counts the transformer's forward passes (one per step; two with classifier-free guidance)."""
+    engine.load()
+    calls: list[int] = []
+    engine._loaded.base.transformer.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def _engine(family_dirs: dict[str, Path], family: str, **options: Any) -> Any:
+    return create_engine(family, {"source": str(family_dirs[family]), "device": "cpu", "steps": 2, **options})
+
+
+def test_sana_computes_the_requested_size_unless_binning_is_turned_on(family_dirs: dict[str, Path]) -> None:
     """Binning computes at the nearest trained aspect ratio and resizes: off by default, so the
     requested size is the computed size; on when the config says so."""
-    from tests.support.family_pipelines import build_all
-
-    sana = build_all()["sana"]
     seen: list[tuple[int, int]] = []
 
     def run(options: dict[str, Any]) -> None:
-        engine = create_engine("sana", {"source": str(sana), "device": "cpu", "steps": 1, **options})
+        engine = _engine(family_dirs, "sana", steps=1, **options)
         engine.load()
-        hook = engine._loaded.base.transformer.register_forward_pre_hook(  # type: ignore[union-attr]
+        engine._loaded.base.transformer.register_forward_pre_hook(
             lambda _module, args, kwargs: seen.append(
                 tuple(kwargs.get("hidden_states", *args[:1]).shape[-2:])
             ),
             with_kwargs=True,
         )
-        try:
-            (image,) = engine.generate(GenerateJob(prompt="a cat", width=64, height=128), _ctx())
-        finally:
-            hook.remove()
+        (image,) = engine.generate(GenerateJob(prompt="a cat", width=64, height=128), JobContext())
         assert image.size == (64, 128)
 
     run({})
@@ -223,7 +230,59 @@ def test_sana_computes_the_requested_size_unless_binning_is_turned_on(tmp_path: 
     assert seen[-1] != (4, 2)  # binned to a trained size, then resized back
 
 
-def _ctx() -> Any:
-    from limner.engines.jobs import JobContext
+def test_qwen_image_runs_true_cfg_by_default_as_its_authors_do(family_dirs: dict[str, Path]) -> None:
+    """Qwen-Image's CFG is on only with a negative prompt; its recommended default one (" ") turns it
+    on, guidance_scale is its true-CFG scale, and at 1 it is off (one pass per step)."""
+    engine = _engine(family_dirs, "qwen-image")
+    calls = _counting(engine)
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64), JobContext())
+    assert len(calls) == 4  # 2 steps x (conditional + unconditional)
+    calls.clear()
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, guidance_scale=1.0), JobContext())
+    assert len(calls) == 2
 
-    return JobContext()
+
+def test_flux_negative_prompts_run_a_true_cfg_pass(family_dirs: dict[str, Path]) -> None:
+    """FLUX.1-dev's guidance_scale is a model input, not CFG: a negative prompt needs a second pass."""
+    engine = _engine(family_dirs, "flux")
+    calls = _counting(engine)
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, guidance_scale=2.0), JobContext())
+    assert len(calls) == 2
+    calls.clear()
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, negative_prompt="blurry"), JobContext())
+    assert len(calls) == 4
+
+
+def test_the_undistilled_flux2_klein_takes_guidance_as_cfg(family_dirs: dict[str, Path]) -> None:
+    engine = _engine(family_dirs, "flux2-klein-base")
+    assert engine.caps.guidance == "cfg"
+    calls = _counting(engine)
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, guidance_scale=4.0), JobContext())
+    assert len(calls) == 4
+    calls.clear()
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, guidance_scale=1.0), JobContext())
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "family", ["flux", "sd3", "qwen-image", "z-image", "flux2-klein", "sana", "flux-kontext"]
+)
+def test_every_family_batches_requests_into_one_call(family_dirs: dict[str, Path], family: str) -> None:
+    """max_batch > 1: images of one request, and requests with one batch key, share a pipeline call,
+    each image with its own prompt and generator, equal to the image made alone up to a level."""
+    alone = _engine(family_dirs, family)
+    batched = _engine(family_dirs, family, max_batch=4)
+    jobs = [
+        GenerateJob(prompt="a cat", width=64, height=64, n=2, seed=1),
+        GenerateJob(prompt="a dog", width=64, height=64, seed=9),
+    ]
+    assert batched.batch_key(jobs[0]) == batched.batch_key(jobs[1])
+    calls = _counting(batched)
+    batched.run_batch([jobs[1]], [JobContext()])
+    one_call = len(calls)  # forward passes of one pipeline call (steps x passes per step)
+    calls.clear()
+    together = batched.run_batch(jobs, [JobContext(), JobContext()])
+    assert len(calls) == one_call  # three images, two requests: one call
+    for job, images in zip(jobs, together, strict=True):
+        for mine, theirs in zip(alone.run_batch([job], [JobContext()])[0], images, strict=True):
+            assert np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max() <= 1

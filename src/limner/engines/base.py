@@ -30,8 +30,10 @@ class EngineInfo:
     #: The images one edit takes: 1 edits that image alone; more are used together (references).
     max_images: int = 16
     #: What the engine honours, advertised on /v1/models and refused up front where False:
-    #: an edit's mask, `negative_prompt`, `guidance_scale`, `background=transparent`.
+    #: an edit's mask, `input_fidelity=high`, `negative_prompt`, `guidance_scale`,
+    #: `background=transparent`.
     mask: bool = True
+    input_fidelity: bool = True
     negative_prompt: bool = True
     guidance_scale: bool = True
     transparency: bool = True

@@ -392,7 +392,9 @@ def _task_class(task: Task, pipeline_class_name: str) -> Any:
     found = auto._get_task_class(mapping, pipeline_class_name, throw_error_if_not_exist=False)
     # The image-to-image table lists reference editors (FLUX.2, Kontext, Qwen-Image-Edit) as their
     # own image-to-image pipeline: that is the reference task, not an image-to-image one.
-    return None if found is not None and found.__name__ == pipeline_class_name else found
+    if task == "image2image" and found is not None and found.__name__ == pipeline_class_name:
+        return None
+    return found
 
 
 def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngine:
@@ -692,6 +694,7 @@ class DiffusersEngine(EngineBase):
             max_batch=opts.max_batch,
             max_images=caps.max_images,
             mask=caps.mask,
+            input_fidelity=not caps.references,
             negative_prompt=caps.family.negative != "none",
             guidance_scale=caps.guidance != "none",
             transparency=False,

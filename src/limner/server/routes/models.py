@@ -29,7 +29,11 @@ def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any
     an extra field on each model object (clients that do not know it ignore it; the playground builds
     its form from it). For a diffusers model, `family`, `pipeline`, `edits` (image-to-image or
     reference images) and `guidance` (what guidance_scale drives: cfg, embedded, true_cfg) say how."""
-    fields = ["response_format", *EXTENSION_FIELDS]
+    refused = {
+        "negative_prompt": not info.negative_prompt,
+        "guidance_scale": not info.guidance_scale,
+    }
+    fields = ["response_format", *(f for f in EXTENSION_FIELDS if not refused.get(f))]
     if profile.gpt_fields:
         fields += [
             "background",
@@ -39,7 +43,7 @@ def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any
             "stream",
             "partial_images",
         ]
-    if profile.input_fidelity:
+    if profile.input_fidelity and info.input_fidelity:
         fields.append("input_fidelity")
     if profile.style:
         fields.append("style")

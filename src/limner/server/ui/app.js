@@ -98,6 +98,16 @@ function applyModel() {
   $("response_format").options[0].textContent = `default (${caps.default_response_format || "b64_json"})`;
   $("n").max = caps.max_n || 10;
   $("prompt-row").hidden = state.op === "vary";
+  // Edits: several images where the model takes them (references), a mask where it can use one.
+  const editing = state.op === "edit";
+  $("images").multiple = editing && (caps.max_images ?? 16) > 1;
+  $("images-note").hidden = !editing;
+  $("images-note").textContent = caps.edits === "reference images"
+    ? `up to ${caps.max_images} reference images`
+    : caps.mask === false ? "the first one is edited" : "the first one is edited; paint on it to mask";
+  const maskable = editing && caps.mask !== false && state.inputs.length > 0;
+  if (!maskable) $("mask-tools").hidden = true;
+  else if ($("mask-tools").hidden) startMask(state.inputs[0].blob); // keeps a mask already painted
   $("submit").textContent = OP_LABEL[state.op];
 }
 
@@ -388,7 +398,7 @@ async function setInputs(inputs) {
       return img;
     }),
   );
-  if (state.op === "edit" && inputs.length) await startMask(inputs[0].blob);
+  if (state.op === "edit" && inputs.length && capabilities().mask !== false) await startMask(inputs[0].blob);
   else $("mask-tools").hidden = true;
 }
 
@@ -543,11 +553,7 @@ function selectOp(op) {
     if (selected) $("panel").setAttribute("aria-labelledby", tab.id);
   }
   $("inputs").hidden = op === "generate";
-  $("images").multiple = op === "edit";
-  $("images-note").hidden = op !== "edit";
   fillModels();
-  if (op === "edit" && state.inputs.length) startMask(state.inputs[0].blob);
-  else $("mask-tools").hidden = true;
 }
 
 async function submit(event) {
