@@ -200,7 +200,9 @@ def test_streamed_partials_generation_and_edit(client: openai.OpenAI) -> None:
 
 
 def test_leaving_a_stream_interrupts_the_pipeline(client: openai.OpenAI, tiny_server: RunningServer) -> None:
-    tiny_server.leave_a_long_stream(client, "tiny", "256x256")
+    tiny_server.leave_a_long_stream(
+        lambda fields: client.images.generate(model="tiny", prompt="x", size="256x256", **fields)
+    )
 
 
 def test_full_queue_answers_429(tiny_text2image_dir: Path, tmp_path: Path) -> None:

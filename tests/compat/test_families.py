@@ -6,9 +6,12 @@ and base) and SANA. Every operation of the API runs against every family: it wor
 before any work that names the field. What /v1/models advertises is checked against the family table
 below, and every refusal is checked against what /v1/models advertises.
 
-Qwen-Image-Edit and Edit-Plus cannot be built here (their processor needs torchvision, which has no
-CPU wheel on this machine); tests/engines/test_diffusers_families.py covers their capabilities and
-the start-up message that names the missing package.
+Qwen-Image-Edit-Plus (edit-only, reference images) joins the matrix where torchvision is importable:
+transformers 5 builds its processor with a video processor that needs it, and CI must not install it
+(its only wheel here is a CUDA build that replaces the CPU torch). Without it,
+tests/engines/test_diffusers_families.py covers its capabilities and the start-up message that names
+the missing package. Edit-only models answer the generation rows with a 400 naming `model` and run
+the same checks through edits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests.support.family_pipelines import TORCHVISION
 from tests.support.images import decode_b64, gradient, half_mask, png_bytes
 from tests.support.server import RunningServer, start_server
 
@@ -42,6 +46,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "flux2-klein-base": dict(operations=ALL, max_images=16, mask=False, negative=False, guidance="cfg", edits="reference images"),
     "sana": dict(operations=["generate"], max_images=0, mask=False, negative=True, guidance="cfg", edits="none"),
 }  # fmt: skip
+if TORCHVISION:
+    FAMILIES["qwen-image-edit-plus"] = dict(
+        operations=["edit", "vary"],
+        max_images=16,
+        mask=False,
+        negative=True,
+        guidance="true_cfg",
+        edits="reference images",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +101,14 @@ def _cannot(advertised: dict[str, Any], operation: str) -> bool:
     return operation not in advertised["operations"]
 
 
+def _draw(client: openai.OpenAI, family: str, caps: dict[str, Any], **fields: Any) -> Any:
+    """A generation, or for an edit-only model the same request as an edit of one reference image."""
+    fields.setdefault("prompt", "a cat")
+    if _cannot(caps, "generate"):
+        return client.images.edit(model=family, image=_upload(), **fields)
+    return client.images.generate(model=family, **fields)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_v1_models_lists_what_the_family_can_do(family: str, advertised: dict[str, dict[str, Any]]) -> None:
     expected, caps = FAMILIES[family], advertised[family]
@@ -108,28 +129,32 @@ def test_v1_models_lists_what_the_family_can_do(family: str, advertised: dict[st
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generations_with_n_and_seeds(family: str, client: openai.OpenAI) -> None:
-    two = client.images.generate(
-        model=family, prompt="a cat", size="64x64", n=2, extra_body={**STEPS, "seed": 5}
-    )
+def test_generations_with_n_and_seeds(
+    family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
+) -> None:
+    caps = advertised[family]
+    if _cannot(caps, "generate"):  # an edit-only checkpoint
+        _refused(lambda: client.images.generate(model=family, prompt="a cat", extra_body=STEPS), "model")
+
+    def draw(seed: int, **fields: Any) -> Any:
+        return _draw(client, family, caps, extra_body={**STEPS, "seed": seed}, **fields)
+
+    two = draw(5, size="64x64", n=2)
     assert [_size(two, i) for i in range(2)] == [(64, 64), (64, 64)]
     assert not np.array_equal(_image(two, 0), _image(two, 1))
     # Image i of a request is image 0 of the request with seed + i (one generator per image).
-    again = client.images.generate(
-        model=family, prompt="a cat", size="64x64", extra_body={**STEPS, "seed": 6}
-    )
-    assert np.array_equal(_image(again), _image(two, 1))
-    tall = client.images.generate(model=family, prompt="a cat", size="64x128", extra_body=STEPS)
-    assert _size(tall) == (64, 128)  # computed at the requested size, not binned or rounded
+    assert np.array_equal(_image(draw(6, size="64x64")), _image(two, 1))
+    # Computed at the requested size, not binned or rounded.
+    assert _size(draw(5, size="64x128")) == (64, 128)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sizes_follow_the_pipeline(family: str, client: openai.OpenAI) -> None:
+def test_sizes_follow_the_pipeline(
+    family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
+) -> None:
     multiple = 32 if family == "sana" else 16
-    error = _refused(
-        lambda: client.images.generate(model=family, prompt="x", size=f"{multiple + 8}x64", extra_body=STEPS),
-        "size",
-    )
+    caps = advertised[family]
+    error = _refused(lambda: _draw(client, family, caps, size=f"{multiple + 8}x64", extra_body=STEPS), "size")
     assert f"multiples of {multiple}" in error.message
 
 
@@ -138,8 +163,8 @@ def test_negative_prompt_has_an_effect_or_is_refused(
     family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
 ) -> None:
     def gen(**extra: Any) -> Any:
-        return client.images.generate(
-            model=family, prompt="a cat", size="64x64", extra_body={**STEPS, "seed": 3, **extra}
+        return _draw(
+            client, family, advertised[family], size="64x64", extra_body={**STEPS, "seed": 3, **extra}
         )
 
     if not advertised[family]["negative_prompt"]:
@@ -153,12 +178,8 @@ def test_guidance_scale_has_an_effect_or_is_refused(
     family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
 ) -> None:
     def gen(scale: float) -> Any:
-        return client.images.generate(
-            model=family,
-            prompt="a cat",
-            size="64x64",
-            extra_body={**STEPS, "seed": 3, "guidance_scale": scale},
-        )
+        extra = {**STEPS, "seed": 3, "guidance_scale": scale}
+        return _draw(client, family, advertised[family], size="64x64", extra_body=extra)
 
     if not advertised[family]["guidance_scale"]:
         error = _refused(lambda: gen(2.0), "guidance_scale")
@@ -266,24 +287,31 @@ def test_edits_with_several_images(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_streams_carry_real_partial_images(family: str, client: openai.OpenAI) -> None:
+def test_streams_carry_real_partial_images(
+    family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
+) -> None:
+    caps = advertised[family]
     events = list(
-        client.images.generate(
-            model=family,
-            prompt="a cat",
+        _draw(
+            client,
+            family,
+            caps,
             size="64x128",
             stream=True,
             partial_images=2,
             extra_body={"num_inference_steps": 3},
         )
     )
-    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    kind = "image_edit" if _cannot(caps, "generate") else "image_generation"
+    assert [e.type for e in events] == [f"{kind}.partial_image"] * 2 + [f"{kind}.completed"]
     for event in events:
         assert decode_b64(event.b64_json).size == (64, 128)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_leaving_a_stream_interrupts_the_pipeline(
-    family: str, client: openai.OpenAI, family_server: RunningServer
+    family: str, client: openai.OpenAI, family_server: RunningServer, advertised: dict[str, dict[str, Any]]
 ) -> None:
-    family_server.leave_a_long_stream(client, family, "64x64")
+    family_server.leave_a_long_stream(
+        lambda fields: _draw(client, family, advertised[family], prompt="x", size="64x64", **fields)
+    )

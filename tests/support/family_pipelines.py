@@ -10,6 +10,7 @@ them. A FLUX.1 Kontext checkpoint is made from the FLUX.1 one (same components, 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,6 +34,11 @@ BUILDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "flux2-klein-base": ("build_flux2_klein.py", ("--base",)),
     "sana": ("build_sana.py", ()),
 }
+#: Qwen-Image-Edit-Plus's processor needs torchvision (transformers 5 builds it with a video
+#: processor), which CI must not install; it is built where torchvision is importable.
+TORCHVISION = importlib.util.find_spec("torchvision") is not None
+if TORCHVISION:
+    BUILDS["qwen-image-edit-plus"] = ("build_qwenimage.py", ("--edit-plus",))
 
 
 def _key() -> str:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,21 +50,15 @@ class RunningServer:
         jobs = self.health()["jobs"].values()
         return sum(j["done"] for j in jobs), sum(j["cancelled"] for j in jobs)
 
-    def leave_a_long_stream(self, client: Any, model: str, size: str) -> None:
-        """Start a 150-step stream of 4 images, read its first partial image, leave, and check that
-        the job was interrupted: counted as cancelled, never as done."""
+    def leave_a_long_stream(self, start: Callable[[dict[str, Any]], Any]) -> None:
+        """Start a 150-step stream of 4 images (`start` gets the fields to send), read its first
+        partial image, leave, and check that the job was interrupted: cancelled, never done."""
         self.wait_idle()
         done, cancelled = self.jobs()
-        stream = client.images.generate(
-            model=model,
-            prompt="x",
-            size=size,
-            stream=True,
-            partial_images=3,
-            n=4,
-            extra_body={"num_inference_steps": 150},
+        stream = start(
+            {"stream": True, "partial_images": 3, "n": 4, "extra_body": {"num_inference_steps": 150}}
         )
-        assert next(iter(stream)).type == "image_generation.partial_image"
+        assert next(iter(stream)).type.endswith(".partial_image")
         stream.close()
         self.wait_idle()
         assert self.jobs() == (done, cancelled + 1)  # interrupted, not run to its 150th step

@@ -572,7 +572,7 @@ class DiffusersEngine(EngineBase):
         # Previews stream image after image: a job that wants them and has several images runs one
         # image per call (streams send one-image jobs, which batch freely).
         single = any(c.partial_images > 0 and p.job.n > 1 for p, c in zip(plans, contexts, strict=True))
-        size = 1 if single else self.options.max_batch
+        size = 1 if single or not self.caps.family.batches else self.options.max_batch
         results: list[list[Image.Image]] = [[] for _ in jobs]
         for first in range(0, len(entries), size):
             chunk = [e for e in entries[first : first + size] if not e.ctx.cancelled]
@@ -691,7 +691,7 @@ class DiffusersEngine(EngineBase):
             sizes=sizes,
             size_multiple=caps.size_multiple if sizes is None else caps.required_multiple,
             max_pixels=max(w * h for w, h in sizes) if sizes else self._max_pixels,
-            max_batch=opts.max_batch,
+            max_batch=opts.max_batch if caps.family.batches else 1,
             max_images=caps.max_images,
             mask=caps.mask,
             input_fidelity=not caps.references,

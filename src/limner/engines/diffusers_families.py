@@ -53,6 +53,9 @@ class Family:
     default_negative: str | None = None
     #: How the latents handed to `callback_on_step_end` become a picture (diffusers_previews).
     preview: PreviewKind = "spatial"
+    #: False where the pipeline refuses more than one prompt per call (Qwen-Image-Edit): every
+    #: image then gets a call of its own, whatever max_batch says.
+    batches: bool = True
 
 
 _UNET = Family("stable-diffusion", latent_multiple=8)
@@ -83,6 +86,7 @@ FAMILIES: dict[str, Family] = {
         guidance="true_cfg",
         default_negative=" ",
         preview="qwen",
+        batches=False,
     ),
     "QwenImageEditPlusPipeline": Family(
         "qwen-image-edit-plus",
@@ -91,6 +95,7 @@ FAMILIES: dict[str, Family] = {
         guidance="true_cfg",
         default_negative=" ",
         preview="qwen",
+        batches=False,
     ),
     "ZImagePipeline": Family("z-image"),
     "Flux2Pipeline": _FLUX2,
