@@ -47,14 +47,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "sana": dict(operations=["generate"], max_images=0, mask=False, negative=True, guidance="cfg", edits="none"),
 }  # fmt: skip
 if TORCHVISION:
-    FAMILIES["qwen-image-edit-plus"] = dict(
-        operations=["edit", "vary"],
-        max_images=16,
-        mask=False,
-        negative=True,
-        guidance="true_cfg",
-        edits="reference images",
-    )
+    FAMILIES["qwen-image-edit-plus"] = dict(operations=["edit", "vary"], max_images=16, mask=False, negative=True, guidance="true_cfg", edits="reference images")  # fmt: skip
+    FAMILIES["qwen-image-2.1"] = dict(operations=ALL, max_images=16, mask=False, negative=True, guidance="true_cfg", edits="reference images", transparency=True)  # fmt: skip
+#: Size multiples other than 16 (the VAE's 8 x 2x2 packing or patch size).
+MULTIPLE = {"sana": 32, "qwen-image-2.1": 32}
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +115,12 @@ def test_v1_models_lists_what_the_family_can_do(family: str, advertised: dict[st
     assert caps["guidance_scale"] is (expected["guidance"] != "none")
     assert caps["guidance"] == expected["guidance"]
     assert caps["edits"] == expected["edits"]
-    assert caps["transparency"] is False
+    assert caps["transparency"] is expected.get("transparency", False)
     # The playground's form (and any client) reads the accepted fields from the same place.
     assert ("negative_prompt" in caps["fields"]) is expected["negative"]
     assert ("guidance_scale" in caps["fields"]) is (expected["guidance"] != "none")
     assert ("input_fidelity" in caps["fields"]) is (expected["edits"] != "reference images")
-    multiple = 32 if family == "sana" else 16
-    assert caps["size_rule"]["multiple"] == multiple
+    assert caps["size_rule"]["multiple"] == MULTIPLE.get(family, 16)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,7 +147,7 @@ def test_generations_with_n_and_seeds(
 def test_sizes_follow_the_pipeline(
     family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
 ) -> None:
-    multiple = 32 if family == "sana" else 16
+    multiple = MULTIPLE.get(family, 16)
     caps = advertised[family]
     error = _refused(lambda: _draw(client, family, caps, size=f"{multiple + 8}x64", extra_body=STEPS), "size")
     assert f"multiples of {multiple}" in error.message
@@ -170,7 +165,9 @@ def test_negative_prompt_has_an_effect_or_is_refused(
     if not advertised[family]["negative_prompt"]:
         _refused(lambda: gen(negative_prompt="blurry"), "negative_prompt")
         return
-    assert not np.array_equal(_image(gen(negative_prompt="blurry")), _image(gen()))
+    # At a guidance that turns classifier-free guidance on, where the model takes one.
+    guided = {"guidance_scale": 4.0} if advertised[family]["guidance_scale"] else {}
+    assert not np.array_equal(_image(gen(negative_prompt="blurry", **guided)), _image(gen(**guided)))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -315,3 +312,24 @@ def test_leaving_a_stream_interrupts_the_pipeline(
     family_server.leave_a_long_stream(
         lambda fields: _draw(client, family, advertised[family], prompt="x", size="64x64", **fields)
     )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transparency_is_the_models_own_alpha_or_refused(
+    family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
+) -> None:
+    caps = advertised[family]
+
+    def draw(background: str) -> Any:
+        return _draw(
+            client, family, caps, size="64x64", background=background, output_format="png", extra_body=STEPS
+        )
+
+    if not caps["transparency"]:
+        _refused(lambda: draw("transparent"), "background")
+        return
+    clear = decode_b64(draw("transparent").data[0].b64_json)
+    assert clear.mode == "RGBA"
+    alpha = np.asarray(clear)[..., 3]
+    assert alpha.min() < 255 and alpha.max() > alpha.min()  # the VAE's own alpha, not a constant
+    assert decode_b64(draw("opaque").data[0].b64_json).mode == "RGB"  # flattened for an opaque request

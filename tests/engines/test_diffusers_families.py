@@ -286,3 +286,27 @@ def test_every_family_batches_requests_into_one_call(family_dirs: dict[str, Path
     for job, images in zip(jobs, together, strict=True):
         for mine, theirs in zip(alone.run_batch([job], [JobContext()])[0], images, strict=True):
             assert np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max() <= 1
+
+
+def test_transparency_only_where_the_vae_decodes_alpha(tmp_path: Path) -> None:
+    """Qwen-Image 2.1's VAE has four output channels: background=transparent is its own alpha there,
+    and a 400 naming `background` for a VAE that decodes RGB."""
+    rgba = _checkpoint(
+        tmp_path / "qwen21",
+        "QwenImage21Pipeline",
+        {},
+        vae={
+            "_class_name": "AutoencoderKLQwenImage21",
+            "temperal_downsample": [False, True, True, True],
+            "out_channels": 4,
+        },
+    )
+    engine = create_engine("q21", {"source": str(rgba), "device": "cpu"})
+    assert engine.info.transparency and engine.caps.size_multiple == 32
+    engine.check(GenerateJob(prompt="a cat", width=64, height=64, transparent=True))
+    rgb = _checkpoint(
+        tmp_path / "flux", "FluxPipeline", {}, vae={"block_out_channels": [8, 8, 16, 16], "out_channels": 3}
+    )
+    flux = create_engine("flux", {"source": str(rgb), "device": "cpu"})
+    assert not flux.info.transparency
+    _refused(flux, GenerateJob(prompt="a cat", width=64, height=64, transparent=True), "background")

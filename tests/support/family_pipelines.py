@@ -34,16 +34,18 @@ BUILDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "flux2-klein-base": ("build_flux2_klein.py", ("--base",)),
     "sana": ("build_sana.py", ()),
 }
-#: Qwen-Image-Edit-Plus's processor needs torchvision (transformers 5 builds it with a video
-#: processor), which CI must not install; it is built where torchvision is importable.
+#: Qwen-Image-Edit-Plus's and Qwen-Image 2.1's processors need torchvision (transformers 5 builds them
+#: with a video processor), which CI must not install; they are built where it is importable.
 TORCHVISION = importlib.util.find_spec("torchvision") is not None
 if TORCHVISION:
     BUILDS["qwen-image-edit-plus"] = ("build_qwenimage.py", ("--edit-plus",))
+    # Qwen-Image 2.1 (real alpha): limner's own builder, in the same manner, with the shared helpers.
+    BUILDS["qwen-image-2.1"] = (str(Path(__file__).with_name("build_qwenimage21.py")), (str(HERE),))
 
 
 def _key() -> str:
     digest = hashlib.sha256()
-    for path in sorted(HERE.glob("*.py")):
+    for path in [*sorted(HERE.glob("*.py")), Path(__file__).with_name("build_qwenimage21.py")]:
         digest.update(path.read_bytes())
     for package in ("diffusers", "transformers", "torch", "tokenizers"):
         digest.update(version(package).encode())
@@ -72,7 +74,7 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
             continue
         tmp = root / f".{name}.building-{os.getpid()}"
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / script), str(tmp), *args],
+            [sys.executable, str(HERE / script), str(tmp), *args],  # an absolute script stays as it is
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

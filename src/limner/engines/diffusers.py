@@ -455,6 +455,8 @@ class Capabilities:
     image2image: bool  # an unmasked edit or a variation with an image-to-image pipeline
     mask: bool
     max_images: int
+    #: The VAE decodes RGBA: background=transparent is honoured with the model's own alpha.
+    transparency: bool = False
 
     @property
     def references(self) -> bool:
@@ -680,6 +682,7 @@ class DiffusersEngine(EngineBase):
             image2image=image2image,
             mask=mask,
             max_images=max_images,
+            transparency=families.has_alpha(vae),
         )
 
     def _make_info(self) -> EngineInfo:
@@ -697,7 +700,7 @@ class DiffusersEngine(EngineBase):
             input_fidelity=not caps.references,
             negative_prompt=caps.family.negative != "none",
             guidance_scale=caps.guidance != "none",
-            transparency=False,
+            transparency=caps.transparency,
             extras={
                 "engine": "diffusers",
                 "source": opts.source,
@@ -709,7 +712,7 @@ class DiffusersEngine(EngineBase):
                 if caps.image2image
                 else "none",
                 "guidance": caps.guidance,
-                "background": "opaque",
+                "background": "transparent" if caps.transparency else "opaque",
                 "max_size": str(opts.max_size),
             },
         )
@@ -725,9 +728,9 @@ class DiffusersEngine(EngineBase):
                 f"Model '{self.model_name}' ({caps.pipeline}) does not support {operation}; it does {does}.",
                 param="model",
             )
-        if job.transparent:
+        if job.transparent and not caps.transparency:
             raise InvalidValue(
-                f"Model '{self.model_name}' draws opaque images only: a diffusers VAE decodes RGB, and "
+                f"Model '{self.model_name}' draws opaque images only: its VAE decodes RGB, and "
                 "limner does not fake an alpha channel. Use background 'opaque' or 'auto'.",
                 param="background",
             )
@@ -927,6 +930,8 @@ class DiffusersEngine(EngineBase):
         task = self._task(job)
         strength = self._strength(job)
         plan = _Plan(job=job, task=task, strength=strength, steps=self._steps(job, strength))
+        if self.caps.transparency and not job.transparent:
+            plan.finish = _flatten  # an RGBA model asked for an opaque picture
         if isinstance(job, GenerateJob):
             plan.text = self._text_kwargs(job, job.prompt + STYLE_SUFFIX.get(job.style or "", ""))
             return plan
@@ -936,7 +941,7 @@ class DiffusersEngine(EngineBase):
             # the input as the only reference image.
             plan.text = self._text_kwargs(job, "")
             if inputs:
-                plan.image = self._input(job.image, job, task)
+                plan.image = self._input(job.image, job, task, self.caps.transparency)
                 plan.references = [plan.image] if task == "reference" else []
             return plan
         assert isinstance(job, EditJob)
@@ -944,7 +949,7 @@ class DiffusersEngine(EngineBase):
         if not inputs:
             return plan
         if task == "reference":
-            plan.references = [self._input(image, job, task) for image in job.images]
+            plan.references = [self._input(image, job, task, self.caps.transparency) for image in job.images]
             return plan
         image = self._input(job.images[0], job, task)
         plan.image = image
@@ -962,10 +967,11 @@ class DiffusersEngine(EngineBase):
         return plan
 
     @staticmethod
-    def _input(image: Image.Image, job: Job, task: Task) -> Image.Image:
+    def _input(image: Image.Image, job: Job, task: Task, alpha: bool = False) -> Image.Image:
         """An input at the output size; a reference image within the output's area, its shape kept
-        (the pipeline reads it at its own size, so a huge upload would cost a huge sequence)."""
-        rgb = image.convert("RGB")
+        (the pipeline reads it at its own size, so a huge upload would cost a huge sequence). An RGBA
+        model's references keep their alpha: its VAE reads all four channels."""
+        rgb = image.convert("RGBA" if alpha and task == "reference" else "RGB")
         if task != "reference":
             return _fit(rgb, job.width, job.height, Image.Resampling.LANCZOS)
         # Within the output's area, and no side under MIN_REFERENCE_SIDE (FLUX.2 refuses smaller).
@@ -1007,6 +1013,8 @@ class DiffusersEngine(EngineBase):
             call["max_area"] = job.width * job.height
         if "_auto_resize" in params:  # and its reference to a trained resolution, unless told not to
             call["_auto_resize"] = False
+        if "output_resolution" in params:  # Qwen-Image 2.1 reads references at this area
+            call["output_resolution"] = math.isqrt(job.width * job.height)
         if "use_resolution_binning" in params:
             call["use_resolution_binning"] = self.options.resolution_binning
         if head.task == "reference":
@@ -1041,7 +1049,7 @@ class DiffusersEngine(EngineBase):
                     f"{job.width}x{job.height}; configure the sizes it supports.",
                     param="size",
                 )
-            image = image.convert("RGB")
+            image = entry.plan.finish(image.convert("RGBA" if self.caps.transparency else "RGB"))
             images.append(entry.plan.compose(image) if entry.plan.compose is not None else image)
         return images
 
@@ -1059,6 +1067,8 @@ class _Plan:
     mask: Image.Image | None = None
     compose: Callable[[Image.Image], Image.Image] | None = None
     references: list[Image.Image] = field(default_factory=list)  # a reference edit's images
+    #: Applied to every image and preview: flattens an RGBA model's output for an opaque request.
+    finish: Callable[[Image.Image], Image.Image] = field(default=lambda image: image)
 
 
 @dataclass
@@ -1106,12 +1116,21 @@ class _StepCallback:
         for entry, partial_index, preview in zip(self._chunk, wanted, previews, strict=False):
             if partial_index is None or entry.ctx.cancelled:
                 continue
-            shown = entry.plan.compose(preview) if entry.plan.compose is not None else preview
+            shown = entry.plan.finish(preview)
+            shown = entry.plan.compose(shown) if entry.plan.compose is not None else shown
             if entry.ctx.on_partial is not None and partial_index < entry.ctx.partial_images:
                 # Not report_partial: it raises for a client that just left, which would stop the
                 # whole call, other clients' images included.
                 entry.ctx.on_partial(entry.image, partial_index, shown)
         return {}
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """An RGBA picture over white, as an opaque one (what a viewer shows for it)."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image).convert("RGB")
 
 
 def _fit(image: Image.Image, width: int, height: int, resample: Image.Resampling) -> Image.Image:

@@ -103,6 +103,13 @@ FAMILIES: dict[str, Family] = {
         "flux.2-klein", edits="reference", guidance="cfg", negative="none", preview="flux2"
     ),
     "SanaPipeline": Family("sana", latent_multiple=1, edits="none"),
+    # Qwen-Image 2.1 generates and edits from reference images with one model, and its VAE
+    # (AutoencoderKLQwenImage21) encodes and decodes RGBA: real alpha (see `has_alpha`).
+    # Its true CFG is off by default (true_cfg_scale 1); the empty negative prompt lets a
+    # guidance_scale above 1 turn it on, as with Qwen-Image.
+    "QwenImage21Pipeline": Family(
+        "qwen-image-2.1", edits="reference", guidance="true_cfg", default_negative=" ", preview="qwen"
+    ),
 }
 
 
@@ -157,6 +164,12 @@ def vae_scale_factor(vae: dict[str, Any]) -> int:
     return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
 
 
+def has_alpha(vae: dict[str, Any]) -> bool:
+    """A VAE that decodes four channels draws real alpha (Qwen-Image 2.1's); every other one RGB."""
+    default = 4 if vae.get("_class_name") == "AutoencoderKLQwenImage21" else 3  # its class's default
+    return vae.get("out_channels", default) == 4
+
+
 def resolve_guidance(family: Family, index: dict[str, Any], transformer: dict[str, Any]) -> GuidanceKind:
     """What `guidance_scale` drives for this checkpoint: a FLUX.1 transformer without guidance
     embeddings (schnell) and a step-distilled FLUX.2-klein ignore guidance, so they take none."""
@@ -203,6 +216,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "family_for",
+    "has_alpha",
     "missing_packages",
     "read_config",
     "resolve_guidance",

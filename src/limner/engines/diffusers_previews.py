@@ -102,7 +102,7 @@ class PreviewDecoder:
             rgb = torch.einsum("bchw,cr->bhwr", latents.float(), factors) + bias
             # The projection lands roughly in [-1, 1], as the VAE's output does.
             pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return [Image.fromarray(p, "RGB").resize(self._size, Image.Resampling.BILINEAR) for p in pixels]
+        return [_picture(p, self._size) for p in pixels]
 
     def _vae(self, latents: Any) -> list[Image.Image]:
         import torch
@@ -114,7 +114,7 @@ class PreviewDecoder:
             decoded = vae.decode(latents.to(vae.dtype) / scaling + shift, return_dict=False)[0]
             pixels = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
             pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(p, "RGB").resize(self._size, Image.Resampling.BILINEAR) for p in pixels]
+        return [_picture(p, self._size) for p in pixels]
 
     def _packed(self, latents: Any) -> list[Image.Image] | None:
         """Unpack a transformer family's latents as its pipeline does before the final decode."""
@@ -148,4 +148,11 @@ class PreviewDecoder:
                 decoded = vae.decode(spatial.to(vae.dtype), return_dict=False)[0]
             pixels = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
             pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(p, "RGB").resize(self._size, Image.Resampling.BILINEAR) for p in pixels]
+        return [_picture(p, self._size) for p in pixels]
+
+
+def _picture(pixels: Any, size: tuple[int, int]) -> Image.Image:
+    """Decoded pixels (height, width, 3 or 4) as a preview of the output size; four channels are an
+    RGBA VAE's real alpha (Qwen-Image 2.1)."""
+    mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
+    return Image.fromarray(pixels, mode).resize(size, Image.Resampling.BILINEAR)
