@@ -310,3 +310,25 @@ def test_transparency_only_where_the_vae_decodes_alpha(tmp_path: Path) -> None:
     flux = create_engine("flux", {"source": str(rgb), "device": "cpu"})
     assert not flux.info.transparency
     _refused(flux, GenerateJob(prompt="a cat", width=64, height=64, transparent=True), "background")
+
+
+def test_an_authored_schedule_sets_the_default_steps_and_a_request_replaces_it(
+    tmp_path: Path, family_dirs: dict[str, Path]
+) -> None:
+    """Qwen-Image 2.1 checkpoints configure `sample_sigmas`, which the pipeline would prefer over
+    num_inference_steps: their count is the default, and a request's count replaces them."""
+    if "qwen-image-2.1" not in family_dirs:
+        pytest.skip("the tiny Qwen-Image 2.1 needs torchvision (its Qwen3-VL processor)")
+    import shutil
+
+    folder = tmp_path / "qwen21-scheduled"
+    shutil.copytree(family_dirs["qwen-image-2.1"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "sample_sigmas": [1.0, 0.7, 0.4]}))
+    engine = create_engine("q21", {"source": str(folder), "device": "cpu"})
+    calls = _counting(engine)
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64), JobContext())
+    assert len(calls) == 3  # the authors' three sigmas (true CFG off: one pass a step)
+    calls.clear()
+    engine.generate(GenerateJob(prompt="a cat", width=64, height=64, num_inference_steps=2), JobContext())
+    assert len(calls) == 2

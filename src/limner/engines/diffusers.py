@@ -457,6 +457,9 @@ class Capabilities:
     max_images: int
     #: The VAE decodes RGBA: background=transparent is honoured with the model's own alpha.
     transparency: bool = False
+    #: The sigmas the checkpoint's authors configured (Qwen-Image 2.1's `sample_sigmas`): their count
+    #: is the default number of steps; a request's num_inference_steps replaces them.
+    sample_sigmas: tuple[float, ...] = ()
 
     @property
     def references(self) -> bool:
@@ -683,6 +686,7 @@ class DiffusersEngine(EngineBase):
             mask=mask,
             max_images=max_images,
             transparency=families.has_alpha(vae),
+            sample_sigmas=families.sample_sigmas(index),
         )
 
     def _make_info(self) -> EngineInfo:
@@ -863,7 +867,8 @@ class DiffusersEngine(EngineBase):
         return kwargs
 
     def _steps(self, job: _JobBase, strength: float | None) -> int:
-        steps = job.num_inference_steps or self.options.steps[job.detail]
+        authored = len(self.caps.sample_sigmas) if job.num_inference_steps is None else 0
+        steps = job.num_inference_steps or authored or self.options.steps[job.detail]
         if strength is None or int(steps * strength) >= 1:
             return steps
         # Image-to-image runs int(steps * strength) steps; zero would be a pipeline error.
@@ -1013,6 +1018,11 @@ class DiffusersEngine(EngineBase):
             call["max_area"] = job.width * job.height
         if "_auto_resize" in params:  # and its reference to a trained resolution, unless told not to
             call["_auto_resize"] = False
+        if self.caps.sample_sigmas and job.num_inference_steps is not None and "sigmas" in params:
+            # The configured sigmas would win over num_inference_steps; the request's count gets the
+            # pipeline's own schedule for a count instead.
+            steps = head.steps
+            call["sigmas"] = [1.0 - i * (1.0 - 1.0 / steps) / max(1, steps - 1) for i in range(steps)]
         if "output_resolution" in params:  # Qwen-Image 2.1 reads references at this area
             call["output_resolution"] = math.isqrt(job.width * job.height)
         if "use_resolution_binning" in params:

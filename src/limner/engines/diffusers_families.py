@@ -170,6 +170,14 @@ def has_alpha(vae: dict[str, Any]) -> bool:
     return vae.get("out_channels", default) == 4
 
 
+def sample_sigmas(index: dict[str, Any]) -> tuple[float, ...]:
+    """The sigmas a pipeline's authors configured in model_index.json (Qwen-Image 2.1), or ()."""
+    sigmas = index.get("sample_sigmas")
+    if isinstance(sigmas, list) and sigmas and all(isinstance(s, int | float) for s in sigmas):
+        return tuple(float(s) for s in sigmas)
+    return ()
+
+
 def resolve_guidance(family: Family, index: dict[str, Any], transformer: dict[str, Any]) -> GuidanceKind:
     """What `guidance_scale` drives for this checkpoint: a FLUX.1 transformer without guidance
     embeddings (schnell) and a step-distilled FLUX.2-klein ignore guidance, so they take none."""
@@ -220,5 +228,6 @@ __all__ = [
     "missing_packages",
     "read_config",
     "resolve_guidance",
+    "sample_sigmas",
     "vae_scale_factor",
 ]
