@@ -13,6 +13,11 @@ guidance), timed in alternating rounds so that drift on the machine hits all thr
    `limner serve --model bench=diffusers:SOURCE` on 127.0.0.1 (parse, rules, queue, worker thread,
    PNG encoding, base64, JSON), seed and steps sent through `extra_body`.
 
+The direct call gets the arguments the engine sends for the model's family (a Qwen-Image model's
+default negative prompt " ", which turns its true CFG on; SANA's resolution binning off), so that any
+family folder is compared like for like: `--source` takes the tiny family folders that
+tests/support/family_pipelines.py builds, or a real checkpoint.
+
 Prints the median seconds of each and the ratios to a direct call (the issue's goal: server/direct
 <= 1.05) and to a direct call plus the PNG encoding every response needs ("+png": what is left is the
 serving overhead itself), and checks that the images are the same picture. Without --source the
@@ -87,9 +92,29 @@ def run(source: str, sizes: list[int], steps: int, rounds: int, *, with_server: 
     pipe.set_progress_bar_config(disable=True)
     print(f"model {source}: {type(pipe).__name__} on {engine.device}, {engine.dtype}, {steps} steps")
 
+    import inspect
+
+    family = engine._text_kwargs(GenerateJob(width=64, height=64, prompt=PROMPT), PROMPT)
+    family.pop("prompt")
+    takes = inspect.signature(pipe.__call__).parameters
+    if "use_resolution_binning" in takes:
+        family["use_resolution_binning"] = False
+    if "guidance_scale" in takes and engine.caps.guidance == "none":
+        family["guidance_scale"] = 1.0
+    print(f"family {engine.caps.family.name}: the direct call also gets {family}")
+
     def direct(size: int, seed: int) -> Image.Image:
         generator = torch.Generator("cpu").manual_seed(seed)
-        out = pipe(PROMPT, height=size, width=size, num_inference_steps=steps, generator=generator)
+        area = {"max_area": size * size} if "max_area" in takes else {}  # Kontext: else 1024x1024
+        out = pipe(
+            prompt=PROMPT,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            generator=generator,
+            **family,
+            **area,
+        )
         image: Image.Image = out.images[0]
         return image
 

@@ -315,20 +315,21 @@ def test_transparency_only_where_the_vae_decodes_alpha(tmp_path: Path) -> None:
 def test_an_authored_schedule_sets_the_default_steps_and_a_request_replaces_it(
     tmp_path: Path, family_dirs: dict[str, Path]
 ) -> None:
-    """Qwen-Image 2.1 checkpoints configure `sample_sigmas`, which the pipeline would prefer over
-    num_inference_steps: their count is the default, and a request's count replaces them."""
-    if "qwen-image-2.1" not in family_dirs:
-        pytest.skip("the tiny Qwen-Image 2.1 needs torchvision (its Qwen3-VL processor)")
+    """Qwen-Image 2.1 checkpoints configure `sample_sigmas` in model_index.json, which its pipeline
+    would prefer over num_inference_steps: their count is the default, and a request's count replaces
+    them. The rule is the engine's, for any pipeline that takes `sigmas`; FLUX.1 carries it here (the
+    tiny Qwen-Image 2.1 needs torchvision)."""
     import shutil
 
-    folder = tmp_path / "qwen21-scheduled"
-    shutil.copytree(family_dirs["qwen-image-2.1"], folder)
+    folder = tmp_path / "flux-scheduled"
+    shutil.copytree(family_dirs["flux"], folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "sample_sigmas": [1.0, 0.7, 0.4]}))
-    engine = create_engine("q21", {"source": str(folder), "device": "cpu"})
+    engine = create_engine("flux", {"source": str(folder), "device": "cpu"})
+    assert engine.caps.sample_sigmas == (1.0, 0.7, 0.4)
     calls = _counting(engine)
     engine.generate(GenerateJob(prompt="a cat", width=64, height=64), JobContext())
-    assert len(calls) == 3  # the authors' three sigmas (true CFG off: one pass a step)
+    assert len(calls) == 3  # the authors' three sigmas, whatever the quality preset says
     calls.clear()
     engine.generate(GenerateJob(prompt="a cat", width=64, height=64, num_inference_steps=2), JobContext())
     assert len(calls) == 2

@@ -1,9 +1,13 @@
-"""The diffusers engine: any Hugging Face diffusers text-to-image model behind the Engine protocol.
+"""The diffusers engine: Hugging Face diffusers models of every current family behind the Engine protocol.
 
     create_engine("sd15", {"source": "/models/sd15", "device": "auto"}) -> DiffusersEngine
 
 What it does, and the decisions behind it:
 
+* **Capabilities before weights.** The pipeline class in `model_index.json` picks a row of the family
+  table (diffusers_families), and the checkpoint's configs add the rest (VAE factor, distillation,
+  RGBA VAE, authored sigmas). `check()` refuses from that `Capabilities` object alone, before loading
+  anything, and the engine's info (so /v1/models) shows the same object.
 * **Loading.** `AutoPipelineForText2Image.from_pretrained(source)` (`local_files_only` when the source is
   a folder), falling back to `DiffusionPipeline` for pipelines the AutoPipeline tables do not know (they
   then only generate). Lazily on the first job, or at server start with `load = "startup"`. `load()`
@@ -17,8 +21,9 @@ What it does, and the decisions behind it:
   built from the configured one's config, inside a per-call pipeline view (`from_pipe(base,
   scheduler=fresh)`, ~2 ms); the loaded pipeline's own scheduler is never stepped.
 * **Sizes** are never changed: a size the model cannot make is a 400 (param `size`). Without a `sizes`
-  list, any width and height that are multiples of `size_multiple` (64 by default: the VAE's factor 8
-  times the UNet's downsampling, so every SD-family UNet works without padding) up to `max_size`.
+  list, any width and height that are multiples of `size_multiple` up to `max_size`; by default the
+  multiple the pipeline needs (the VAE's factor times the family's latent multiple: 64 for the SD
+  UNets, 16 for the packed or patched transformers, 32 for SANA). Every pipeline is told the size.
 * **Seeds.** Image i of a job uses `seed + i`, through its own CPU `torch.Generator` (CPU generators give
   the same noise on every device). With `max_batch = 1` images run one per pipeline call, so image i
   of a request is bit-identical to image 0 of a request with `seed + i`; `max_batch > 1` batches a
@@ -27,16 +32,18 @@ What it does, and the decisions behind it:
   pixel).
 * **Edits.** With a mask (255 = repaint): the inpaint pipeline, then the result is composed back onto
   the input through the mask, so every pixel outside the mask is bit-identical to the input (at the
-  output size; identical to the upload when the sizes match), in partial previews as well. Without a mask: image-to-image with a
-  strength that follows `input_fidelity`. Edits use the first image only; more images are a 400 (param
-  `image`): SD-family pipelines take no reference images.
+  output size; identical to the upload when the sizes match), in partial previews as well. Without a
+  mask: image-to-image with a strength that follows `input_fidelity`, one image. Reference-image
+  editors (FLUX.2, Kontext, Qwen-Image-Edit, Qwen-Image 2.1) take all of an edit's images as
+  references of one call instead, up to the model's limit, and have no strength.
 * **Variations**: image-to-image from the input with an empty prompt at a moderate strength (`vary`),
-  one seed per image.
-* **background=transparent** is refused with a 400 (param `background`): diffusion VAEs decode RGB, and
-  a matte guessed from the borders would claim an alpha channel the model never produced.
-* **Fields the model cannot honour** (`negative_prompt` or `guidance_scale` for a pipeline without them,
-  a negative prompt with guidance <= 1 where classifier-free guidance is off) are a 400 naming the
-  field, never silently dropped.
+  or, for reference editors, an edit with an empty instruction; one seed per image.
+* **background=transparent** is honoured only by a model whose VAE decodes RGBA (Qwen-Image 2.1), with
+  that alpha; elsewhere a 400 (param `background`): a matte guessed from the borders would claim an
+  alpha channel the model never produced.
+* **Guidance and negative prompts** mean one thing per family (CFG, a distilled guidance input, or
+  Qwen's true CFG); what a model cannot honour (guidance on a step-distilled model, a negative prompt
+  where guidance is off or the pipeline takes none) is a 400 naming the field, never silently dropped.
 * **Long prompts** are cut by the pipeline to its text encoder's window (77 CLIP tokens for the SD
   family; diffusers logs what it dropped) rather than refused: OpenAI's prompt limits are far longer,
   and clients written for them send long prompts.
@@ -46,7 +53,7 @@ What it does, and the decisions behind it:
 
 Options (the model's table in the config, minus `engine`): source, inpaint_source, device, dtype,
 scheduler, steps, guidance, sizes, size_multiple, max_size, max_pixels, strength, preview, max_batch,
-load.
+load, max_images, true_cfg_scale, resolution_binning.
 Unknown options are a ValueError, so typos in the config fail at start instead of being ignored.
 """
 
@@ -1009,6 +1016,9 @@ class DiffusersEngine(EngineBase):
             call["negative_prompt"] = [e.plan.text["negative_prompt"] for e in chunk]
         if head.strength is not None:
             call["strength"] = head.strength
+        if self.caps.guidance == "none" and "guidance_scale" in params:
+            # A step-distilled model: guidance off, rather than a default that it logs it ignores.
+            call["guidance_scale"] = 1.0
         # Every pipeline that takes a size is told it: image-to-image and reference pipelines
         # otherwise fall back to the input's size or their native one.
         for name, value in (("height", job.height), ("width", job.width)):
