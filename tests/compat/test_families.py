@@ -303,6 +303,22 @@ def test_streams_carry_real_partial_images(
     assert [e.type for e in events] == [f"{kind}.partial_image"] * 2 + [f"{kind}.completed"]
     for event in events:
         assert decode_b64(event.b64_json).size == (64, 128)
+    if _cannot(caps, "edit") or _cannot(caps, "generate"):
+        return  # an edit-only model's stream above was an edit already
+    # Edits stream too: image-to-image (its strength runs 3 of 4 steps) or reference images.
+    edit = list(
+        client.images.edit(
+            model=family,
+            image=_upload(),
+            prompt="a cat",
+            size="64x128",
+            stream=True,
+            partial_images=2,
+            extra_body={"num_inference_steps": 4},
+        )
+    )
+    assert [e.type for e in edit] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+    assert all(decode_b64(e.b64_json).size == (64, 128) for e in edit)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
