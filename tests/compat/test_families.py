@@ -38,7 +38,7 @@ ALL = ["edit", "generate", "vary"]
 FAMILIES: dict[str, dict[str, Any]] = {
     "flux": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="embedded", edits="image-to-image"),
     "flux-schnell": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="none", edits="image-to-image"),
-    "flux-kontext": dict(operations=ALL, max_images=1, mask=False, negative=True, guidance="embedded", edits="reference images"),
+    "flux-kontext": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="embedded", edits="reference images"),
     "sd3": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="cfg", edits="image-to-image"),
     "qwen-image": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="true_cfg", edits="image-to-image"),
     "z-image": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="cfg", edits="image-to-image"),

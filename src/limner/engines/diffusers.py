@@ -675,7 +675,7 @@ class DiffusersEngine(EngineBase):
                 image2image = mask = True
         elif family.edits == "reference":
             image2image = False
-            mask = _task_class("inpaint", class_name) is not None
+            mask = family.inpaint is not None or _task_class("inpaint", class_name) is not None
             limit = family.max_references or MAX_IMAGES_PER_EDIT
             max_images = min(limit, opts.max_images or limit)
         if image2image or family.edits == "reference":
@@ -893,6 +893,12 @@ class DiffusersEngine(EngineBase):
         scheduler = loaded.scheduler_cls.from_config(loaded.scheduler_config)
         if task == "inpaint" and loaded.inpaint_base is not None:
             base, auto_cls = loaded.inpaint_base, diffusers.AutoPipelineForInpainting
+        elif task == "inpaint" and self.caps.family.inpaint is not None:
+            # A family whose inpainting pipeline the AutoPipeline tables do not list (Kontext).
+            cls = getattr(diffusers, self.caps.family.inpaint)
+            view = cls.from_pipe(loaded.base, scheduler=scheduler, **{_dtype_keyword(): self.dtype})
+            view.set_progress_bar_config(disable=True)
+            return view
         else:
             base = loaded.base
             auto_cls = {

@@ -53,6 +53,8 @@ class Family:
     default_negative: str | None = None
     #: How the latents handed to `callback_on_step_end` become a picture (diffusers_previews).
     preview: PreviewKind = "spatial"
+    #: The inpainting pipeline for masked edits where the AutoPipeline tables have none (Kontext).
+    inpaint: str | None = None
     #: False where the pipeline refuses more than one prompt per call (Qwen-Image-Edit): every
     #: image then gets a call of its own, whatever max_batch says.
     batches: bool = True
@@ -76,6 +78,7 @@ FAMILIES: dict[str, Family] = {
         guidance="embedded",
         negative="true_cfg",
         preview="flux",
+        inpaint="FluxKontextInpaintPipeline",
     ),
     "QwenImagePipeline": _QWEN,
     "QwenImageEditPipeline": Family(
