@@ -42,8 +42,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "sd3": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="cfg", edits="image-to-image"),
     "qwen-image": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="true_cfg", edits="image-to-image"),
     "z-image": dict(operations=ALL, max_images=1, mask=True, negative=True, guidance="cfg", edits="image-to-image"),
-    "flux2-klein": dict(operations=ALL, max_images=16, mask=False, negative=False, guidance="none", edits="reference images"),
-    "flux2-klein-base": dict(operations=ALL, max_images=16, mask=False, negative=False, guidance="cfg", edits="reference images"),
+    "flux2-klein": dict(operations=ALL, max_images=16, mask=True, negative=False, guidance="none", edits="reference images"),
+    "flux2-klein-base": dict(operations=ALL, max_images=16, mask=True, negative=False, guidance="cfg", edits="reference images"),
     "sana": dict(operations=["generate"], max_images=0, mask=False, negative=True, guidance="cfg", edits="none"),
 }  # fmt: skip
 if TORCHVISION:
@@ -349,3 +349,33 @@ def test_transparency_is_the_models_own_alpha_or_refused(
     alpha = np.asarray(clear)[..., 3]
     assert alpha.min() < 255 and alpha.max() > alpha.min()  # the VAE's own alpha, not a constant
     assert decode_b64(draw("opaque").data[0].b64_json).mode == "RGB"  # flattened for an opaque request
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masked_edits_take_the_other_images_as_references(
+    family: str, client: openai.OpenAI, advertised: dict[str, dict[str, Any]]
+) -> None:
+    """FLUX.2-klein repaints the mask of the first image guided by the others (`image_reference`)."""
+    caps = advertised[family]
+    original = gradient(64, 64)
+
+    def edit(*others: Any) -> Any:
+        return client.images.edit(
+            model=family,
+            image=[_upload(original), *(_upload(o) for o in others)],
+            mask=("m.png", png_bytes(half_mask(64, 64)), "image/png"),
+            prompt="a red square",
+            size="64x64",
+            extra_body=STEPS,
+        )
+
+    if not caps["mask"] or caps["max_images"] < 2:
+        _refused(
+            lambda: edit(gradient(96, 64)),
+            "model" if _cannot(caps, "edit") else "mask" if not caps["mask"] else "image",
+        )
+        return
+    guided, alone = _image(edit(gradient(96, 64))), _image(edit())
+    before = np.asarray(original, dtype=np.int16)
+    assert np.array_equal(guided[:, :32], before[:, :32])  # outside the mask: the input, exactly
+    assert not np.array_equal(guided[:, 32:], alone[:, 32:])  # inside: the reference changed it

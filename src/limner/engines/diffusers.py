@@ -462,6 +462,8 @@ class Capabilities:
     image2image: bool  # an unmasked edit or a variation with an image-to-image pipeline
     mask: bool
     max_images: int
+    #: A masked edit takes the edit's other images as references (`image_reference`).
+    mask_references: bool = False
     #: The VAE decodes RGBA: background=transparent is honoured with the model's own alpha.
     transparency: bool = False
     #: The sigmas the checkpoint's authors configured (Qwen-Image 2.1's `sample_sigmas`): their count
@@ -545,8 +547,8 @@ class DiffusersEngine(EngineBase):
         inputs and seeds differ per image. Reference edits run alone: their references are shared by
         every image of the call."""
         task = self._task(job)
-        if task == "reference":
-            return None
+        if task == "reference" or (isinstance(job, EditJob) and len(job.images) > 1):
+            return None  # references are shared by every image of a call: one job per call
         strength = self._strength(job)
         return (
             task,
@@ -663,7 +665,7 @@ class DiffusersEngine(EngineBase):
         required = families.vae_scale_factor(vae) * family.latent_multiple
         opts = self.options
         operations = {"generate"} if family.generates else set()
-        image2image = mask = False
+        image2image = mask = mask_references = False
         max_images = 1
         if class_name is None:  # nothing to read yet (load() tells): assume the SD family's tasks
             image2image = mask = True
@@ -675,7 +677,11 @@ class DiffusersEngine(EngineBase):
                 image2image = mask = True
         elif family.edits == "reference":
             image2image = False
-            mask = family.inpaint is not None or _task_class("inpaint", class_name) is not None
+            inpaint = _task_class("inpaint", class_name)
+            if family.inpaint is not None:
+                inpaint = getattr(_module("diffusers"), family.inpaint, None)
+            mask = inpaint is not None
+            mask_references = mask and "image_reference" in inspect.signature(inpaint.__call__).parameters
             limit = family.max_references or MAX_IMAGES_PER_EDIT
             max_images = min(limit, opts.max_images or limit)
         if image2image or family.edits == "reference":
@@ -692,6 +698,7 @@ class DiffusersEngine(EngineBase):
             image2image=image2image,
             mask=mask,
             max_images=max_images,
+            mask_references=mask_references,
             transparency=families.has_alpha(vae),
             sample_sigmas=families.sample_sigmas(index),
         )
@@ -763,12 +770,24 @@ class DiffusersEngine(EngineBase):
             raise InvalidValue(
                 f"Model '{self.model_name}' {what}; {len(job.images)} were sent.", param="image"
             )
+        if caps.references and job.input_fidelity == "high":
+            raise InvalidValue(
+                f"Model '{self.model_name}' ({caps.pipeline}) edits from reference images, with no "
+                "strength to keep more of them; send input_fidelity 'low' or leave it out.",
+                param="input_fidelity",
+            )
         if job.mask is not None:
             if not caps.mask:
                 raise InvalidValue(
                     f"Model '{self.model_name}' ({caps.pipeline}) cannot edit inside a mask; send the "
                     "edit without one.",
                     param="mask",
+                )
+            if len(job.images) > 1 and not caps.mask_references:
+                raise InvalidValue(
+                    f"Model '{self.model_name}' ({caps.pipeline}) edits one image inside a mask and takes "
+                    f"no reference images with it; {len(job.images)} were sent.",
+                    param="image",
                 )
             source = job.images[0]
             if job.mask.size != source.size:
@@ -778,14 +797,7 @@ class DiffusersEngine(EngineBase):
                     param="mask",
                 )
             return
-        if caps.references:
-            if job.input_fidelity == "high":
-                raise InvalidValue(
-                    f"Model '{self.model_name}' ({caps.pipeline}) edits from reference images and has no "
-                    "strength to keep more of them; send input_fidelity 'low' or leave it out.",
-                    param="input_fidelity",
-                )
-        elif not caps.image2image:
+        if not caps.references and not caps.image2image:
             raise InvalidValue(
                 f"Model '{self.model_name}' ({caps.pipeline}) edits inside a mask only; send a mask.",
                 param="mask",
@@ -975,6 +987,8 @@ class DiffusersEngine(EngineBase):
             return plan
         mask = _fit(job.mask.convert("L"), job.width, job.height, Image.Resampling.NEAREST)
         plan.mask = mask
+        # The other images guide what is drawn in the mask (FLUX.2-klein's `image_reference`).
+        plan.references = [self._input(i, job, "reference", self.caps.transparency) for i in job.images[1:]]
 
         def compose(drawn: Image.Image) -> Image.Image:
             # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
@@ -1050,6 +1064,8 @@ class DiffusersEngine(EngineBase):
             call["image"] = [e.plan.image for e in chunk]
         if head.mask is not None:
             call["mask_image"] = [e.plan.mask for e in chunk]
+            if head.references:
+                call["image_reference"] = head.references
         if "callback_on_step_end" in params:
             decoder = PreviewDecoder(
                 view, self.options.preview, job.width, job.height, self.caps.family.preview

@@ -64,6 +64,14 @@ _UNET = Family("stable-diffusion", latent_multiple=8)
 _FLUX = Family("flux.1", guidance="embedded", negative="true_cfg", preview="flux")
 _QWEN = Family("qwen-image", guidance="true_cfg", negative="cfg", default_negative=" ", preview="qwen")
 _FLUX2 = Family("flux.2", edits="reference", guidance="embedded", negative="none", preview="flux2")
+_FLUX2_KLEIN = Family(
+    "flux.2-klein",
+    edits="reference",
+    guidance="cfg",
+    negative="none",
+    preview="flux2",
+    inpaint="Flux2KleinInpaintPipeline",
+)
 
 #: pipeline class -> family. Unknown classes get `generic_family` (what their call signature shows).
 FAMILIES: dict[str, Family] = {
@@ -102,9 +110,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "ZImagePipeline": Family("z-image"),
     "Flux2Pipeline": _FLUX2,
-    "Flux2KleinPipeline": Family(
-        "flux.2-klein", edits="reference", guidance="cfg", negative="none", preview="flux2"
-    ),
+    "Flux2KleinPipeline": _FLUX2_KLEIN,
     "SanaPipeline": Family("sana", latent_multiple=1, edits="none"),
     # Qwen-Image 2.1 generates and edits from reference images with one model, and its VAE
     # (AutoencoderKLQwenImage21) encodes and decodes RGBA: real alpha (see `has_alpha`).
