@@ -48,6 +48,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 if TORCHVISION:
     FAMILIES["qwen-image-edit-plus"] = dict(operations=["edit", "vary"], max_images=16, mask=False, negative=True, guidance="true_cfg", edits="reference images")  # fmt: skip
+    FAMILIES["qwen-image-edit"] = dict(operations=["edit", "vary"], max_images=1, mask=False, negative=True, guidance="true_cfg", edits="reference images")  # fmt: skip
     FAMILIES["qwen-image-2.1"] = dict(operations=ALL, max_images=16, mask=False, negative=True, guidance="true_cfg", edits="reference images", transparency=True)  # fmt: skip
 #: Size multiples other than 16 (the VAE's 8 x 2x2 packing or patch size).
 MULTIPLE = {"sana": 32, "qwen-image-2.1": 32}
@@ -370,10 +371,8 @@ def test_masked_edits_take_the_other_images_as_references(
         )
 
     if not caps["mask"] or caps["max_images"] < 2:
-        _refused(
-            lambda: edit(gradient(96, 64)),
-            "model" if _cannot(caps, "edit") else "mask" if not caps["mask"] else "image",
-        )
+        expected = "model" if _cannot(caps, "edit") else "image" if caps["max_images"] < 2 else "mask"
+        _refused(lambda: edit(gradient(96, 64)), expected)
         return
     guided, alone = _image(edit(gradient(96, 64))), _image(edit())
     before = np.asarray(original, dtype=np.int16)

@@ -113,10 +113,17 @@ async def test_an_edit_only_checkpoint_on_v1_models_and_through_the_api(
     assert not engine.loaded
 
 
-def test_qwen_image_edit_takes_one_image_and_masks_through_its_inpainting_pipeline(tmp_path: Path) -> None:
+def test_qwen_image_edit_takes_one_image_and_no_mask(tmp_path: Path) -> None:
+    """Its inpainting pipeline computes at a 1024x1024 area whatever size is asked: refused up front."""
     folder = _checkpoint(tmp_path / "qwen-edit", "QwenImageEditPipeline", {}, vae=QWEN_VAE)
-    caps = create_engine("qwen-edit", {"source": str(folder), "device": "cpu"}).caps
-    assert caps.max_images == 1 and caps.mask and caps.operations == frozenset({"edit", "vary"})
+    engine = create_engine("qwen-edit", {"source": str(folder), "device": "cpu"})
+    caps = engine.caps
+    assert caps.max_images == 1 and not caps.mask and caps.operations == frozenset({"edit", "vary"})
+    _refused(
+        engine,
+        EditJob(prompt="x", width=64, height=64, images=[_picture()], mask=Image.new("L", (64, 64))),
+        "mask",
+    )
 
 
 @pytest.mark.skipif(

@@ -60,7 +60,7 @@ def cache_root() -> Path:
 
 
 def build_all(root: Path | None = None) -> dict[str, Path]:
-    """Every family's folder, built where missing (in parallel), plus 'flux-kontext'."""
+    """Every family's folder, built where missing (in parallel), plus the siblings made from them."""
     if not (HERE / "tiny_common.py").is_file():
         raise FileNotFoundError(f"the family builders are not at {HERE} (../shared beside the repository)")
     root = root or cache_root()
@@ -87,21 +87,28 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
             raise RuntimeError(f"building the tiny {name} pipeline failed:\n{output[-4000:]}")
         if not out.exists():  # another session may have finished the same build first
             os.replace(tmp, out)
-    kontext = root / "flux-kontext"
-    if not (kontext / "model_index.json").is_file():
-        _kontext_from_flux(folders["flux"], kontext)
-    folders["flux-kontext"] = kontext
+    # Siblings with the same components and another pipeline class (and call).
+    siblings = {"flux-kontext": ("flux", "FluxPipeline", "FluxKontextPipeline")}
+    if TORCHVISION:
+        siblings["qwen-image-edit"] = (
+            "qwen-image-edit-plus",
+            "QwenImageEditPlusPipeline",
+            "QwenImageEditPipeline",
+        )
+    for name, (source, source_class, sibling_class) in siblings.items():
+        folders[name] = root / name
+        if not (folders[name] / "model_index.json").is_file():
+            _sibling(folders[source], source_class, sibling_class, folders[name])
     return folders
 
 
-def _kontext_from_flux(flux: Path, out: Path) -> None:
-    """FLUX.1 Kontext has FLUX.1's components; only the pipeline class (and its call) differ."""
-    from diffusers import FluxKontextPipeline, FluxPipeline
+def _sibling(source: Path, source_class: str, sibling_class: str, out: Path) -> None:
+    """FLUX.1 Kontext has FLUX.1's components, Qwen-Image-Edit Edit-Plus's: only the class differs."""
+    import diffusers
 
     tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
-    FluxKontextPipeline.from_pipe(FluxPipeline.from_pretrained(flux, local_files_only=True)).save_pretrained(
-        tmp
-    )
+    loaded = getattr(diffusers, source_class).from_pretrained(source, local_files_only=True)
+    getattr(diffusers, sibling_class).from_pipe(loaded).save_pretrained(tmp)
     index = json.loads((tmp / "model_index.json").read_text())
-    assert index["_class_name"] == "FluxKontextPipeline"
+    assert index["_class_name"] == sibling_class
     os.replace(tmp, out)

@@ -680,7 +680,7 @@ class DiffusersEngine(EngineBase):
             inpaint = _task_class("inpaint", class_name)
             if family.inpaint is not None:
                 inpaint = getattr(_module("diffusers"), family.inpaint, None)
-            mask = inpaint is not None
+            mask = family.masks and inpaint is not None
             mask_references = mask and "image_reference" in inspect.signature(inpaint.__call__).parameters
             limit = family.max_references or MAX_IMAGES_PER_EDIT
             max_images = min(limit, opts.max_images or limit)

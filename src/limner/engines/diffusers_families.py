@@ -55,6 +55,8 @@ class Family:
     preview: PreviewKind = "spatial"
     #: The inpainting pipeline for masked edits where the AutoPipeline tables have none (Kontext).
     inpaint: str | None = None
+    #: False where the family's inpainting pipeline cannot make the requested size.
+    masks: bool = True
     #: False where the pipeline refuses more than one prompt per call (Qwen-Image-Edit): every
     #: image then gets a call of its own, whatever max_batch says.
     batches: bool = True
@@ -89,10 +91,13 @@ FAMILIES: dict[str, Family] = {
         inpaint="FluxKontextInpaintPipeline",
     ),
     "QwenImagePipeline": _QWEN,
+    # Its inpainting pipeline (QwenImageEditInpaintPipeline) always computes at a 1024x1024 area,
+    # whatever height and width say: masked edits are refused rather than resized.
     "QwenImageEditPipeline": Family(
         "qwen-image-edit",
         edits="reference",
         max_references=1,
+        masks=False,
         generates=False,
         guidance="true_cfg",
         default_negative=" ",
