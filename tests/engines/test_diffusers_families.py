@@ -340,3 +340,20 @@ def test_an_authored_schedule_sets_the_default_steps_and_a_request_replaces_it(
     calls.clear()
     engine.generate(GenerateJob(prompt="a cat", width=64, height=64, num_inference_steps=2), JobContext())
     assert len(calls) == 2
+
+
+def test_linear_previews_are_refused_where_no_projection_exists(tmp_path: Path) -> None:
+    flux = _checkpoint(tmp_path / "flux", "FluxPipeline", {}, vae={"block_out_channels": [8, 8, 16, 16]})
+    with pytest.raises(ValueError, match="option 'preview': linear previews exist for SD and SDXL"):
+        create_engine("flux", {"source": str(flux), "device": "cpu", "preview": "linear"})
+    assert (
+        create_engine("flux", {"source": str(flux), "device": "cpu", "preview": "vae"}).options.preview
+        == "vae"
+    )
+    sd = _checkpoint(
+        tmp_path / "sd", "StableDiffusionPipeline", {}, vae={"block_out_channels": [8, 8, 16, 16]}
+    )
+    assert (
+        create_engine("sd", {"source": str(sd), "device": "cpu", "preview": "linear"}).options.preview
+        == "linear"
+    )

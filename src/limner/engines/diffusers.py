@@ -437,6 +437,13 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         raise _fail(
             "size_multiple", f"must be a multiple of {need} for this pipeline, got {parsed.size_multiple}"
         )
+    family = engine.caps.family
+    if parsed.preview == "linear" and engine.caps.pipeline != "unknown" and family.latent_multiple != 8:
+        # The linear projection is fitted to the SD VAEs' 4-channel latents; refused rather than
+        # quietly replaced by the VAE preview.
+        raise _fail(
+            "preview", f"linear previews exist for SD and SDXL latents only; {family.name} has vae or auto"
+        )
     bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
     if bad:
         raise _fail("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
