@@ -342,18 +342,35 @@ def test_an_authored_schedule_sets_the_default_steps_and_a_request_replaces_it(
     assert len(calls) == 2
 
 
-def test_linear_previews_are_refused_where_no_projection_exists(tmp_path: Path) -> None:
-    flux = _checkpoint(tmp_path / "flux", "FluxPipeline", {}, vae={"block_out_channels": [8, 8, 16, 16]})
-    with pytest.raises(ValueError, match="option 'preview': linear previews exist for SD and SDXL"):
-        create_engine("flux", {"source": str(flux), "device": "cpu", "preview": "linear"})
-    assert (
-        create_engine("flux", {"source": str(flux), "device": "cpu", "preview": "vae"}).options.preview
-        == "vae"
-    )
-    sd = _checkpoint(
-        tmp_path / "sd", "StableDiffusionPipeline", {}, vae={"block_out_channels": [8, 8, 16, 16]}
-    )
-    assert (
-        create_engine("sd", {"source": str(sd), "device": "cpu", "preview": "linear"}).options.preview
-        == "linear"
-    )
+@pytest.mark.parametrize(
+    ("pipeline", "option", "value"),
+    [
+        ("FluxPipeline", "preview", "linear"),
+        ("StableDiffusion3Pipeline", "true_cfg_scale", 5.0),
+        ("FluxPipeline", "max_images", 4),
+        ("FluxPipeline", "resolution_binning", True),
+        ("Flux2KleinPipeline", "strength", {"edit": 0.5}),
+        ("SanaPipeline", "strength", {"inpaint": 0.9}),
+    ],
+)
+def test_options_the_family_would_ignore_stop_start_up(
+    tmp_path: Path, pipeline: str, option: str, value: Any
+) -> None:
+    folder = _checkpoint(tmp_path / "m", pipeline, {}, vae={"block_out_channels": [8, 8, 16, 16]})
+    with pytest.raises(ValueError, match=f"option '{option}"):
+        create_engine("m", {"source": str(folder), "device": "cpu", option: value})
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "option", "value"),
+    [
+        ("StableDiffusionPipeline", "preview", "linear"),
+        ("FluxPipeline", "true_cfg_scale", 5.0),
+        ("Flux2KleinPipeline", "max_images", 4),
+        ("SanaPipeline", "resolution_binning", True),
+        ("Flux2KleinPipeline", "strength", {"inpaint": 0.9}),
+    ],
+)
+def test_options_the_family_uses_are_accepted(tmp_path: Path, pipeline: str, option: str, value: Any) -> None:
+    folder = _checkpoint(tmp_path / "m", pipeline, {}, vae={"block_out_channels": [8, 8, 16, 16]})
+    create_engine("m", {"source": str(folder), "device": "cpu", option: value})

@@ -437,17 +437,35 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         raise _fail(
             "size_multiple", f"must be a multiple of {need} for this pipeline, got {parsed.size_multiple}"
         )
-    family = engine.caps.family
-    if parsed.preview == "linear" and engine.caps.pipeline != "unknown" and family.latent_multiple != 8:
-        # The linear projection is fitted to the SD VAEs' 4-channel latents; refused rather than
-        # quietly replaced by the VAE preview.
-        raise _fail(
-            "preview", f"linear previews exist for SD and SDXL latents only; {family.name} has vae or auto"
-        )
+    if engine.caps.pipeline != "unknown":
+        _check_options_apply(options, engine.caps)
     bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
     if bad:
         raise _fail("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
     return engine
+
+
+def _check_options_apply(options: Mapping[str, Any], caps: Capabilities) -> None:
+    """Options this model's family would ignore are a ValueError at start-up, as typos are."""
+    family = caps.family
+    name = family.name
+    if options.get("preview") == "linear" and family.latent_multiple != 8:
+        # The linear projection is fitted to the SD VAEs' 4-channel latents.
+        raise _fail("preview", f"linear previews exist for SD and SDXL latents only; {name} has vae or auto")
+    if "true_cfg_scale" in options and family.negative != "true_cfg":
+        raise _fail("true_cfg_scale", f"only for FLUX.1-style negative prompts; {name} does not use it")
+    if "max_images" in options and not caps.references:
+        raise _fail("max_images", f"only for reference-image editors; {name} edits one image")
+    if options.get("resolution_binning"):
+        cls = getattr(_module("diffusers"), caps.pipeline, None)
+        if cls is None or "use_resolution_binning" not in inspect.signature(cls.__call__).parameters:
+            raise _fail("resolution_binning", f"{caps.pipeline} has no resolution binning")
+    unused = set() if caps.image2image else {"edit", "edit_high_fidelity", "vary"}
+    unused |= set() if caps.mask else {"inpaint", "inpaint_high_fidelity"}
+    for key in sorted(set(options.get("strength") or {}) & unused):
+        raise _fail(
+            f"strength.{key}", f"{name} ({caps.pipeline}) has no strength for this; it would be ignored"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
