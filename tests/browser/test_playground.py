@@ -245,3 +245,41 @@ def test_a_wrong_key_shows_the_401_message(browser: Any, tmp_path: Path, shots: 
         p.wait_for_function("document.getElementById('error').textContent.includes('Incorrect API key')")
         p.screenshot(path=str(shots / "08-wrong-key.png"), full_page=True)
         context.close()
+
+
+@pytest.mark.diffusers
+def test_the_edit_form_follows_what_each_model_takes(browser: Any, tmp_path: Path, shots: Path) -> None:
+    """Several images where the model takes references, the mask painter only where it can use a mask
+    (the playground reads both from /v1/models). A Qwen-Image-Edit-Plus checkpoint described by its
+    configs alone serves here: the form needs its capabilities, never its weights."""
+    import json
+
+    folder = tmp_path / "qwen-edit-plus"
+    (folder / "vae").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPlusPipeline"}))
+    (folder / "vae" / "config.json").write_text(json.dumps({"temperal_downsample": [False, True, True]}))
+    with start_server(tmp_path / "data", "--model", f"qwen-edit=diffusers:{folder}", timeout=120) as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        p = context.new_page()
+        p.goto(server.base_url + "/")
+        p.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        p.click("#tab-edit")
+        p.set_input_files(
+            "#images",
+            files=[{"name": "in.png", "mimeType": "image/png", "buffer": png_bytes(gradient(64, 64))}],
+        )
+        choose(p, "gpt-image-1.5")  # masks and up to 16 images
+        p.wait_for_selector("#mask-tools:not([hidden])")
+        assert p.eval_on_selector("#images", "e => e.multiple")
+
+        choose(p, "qwen-edit")  # reference images, no mask
+        p.wait_for_selector("#mask-tools", state="hidden")
+        assert p.eval_on_selector("#images", "e => e.multiple")
+        assert p.text_content("#images-note") == "up to 16 reference images"
+        p.screenshot(path=str(shots / "09-reference-editor.png"), full_page=True)
+
+        choose(p, "dall-e-2")  # one image, a mask
+        p.wait_for_selector("#mask-tools:not([hidden])")
+        assert not p.eval_on_selector("#images", "e => e.multiple")
+        assert p.text_content("#images-note") == "the first one is edited; paint on it to mask"
+        context.close()

@@ -328,9 +328,7 @@ class DiffusersEngine(EngineBase):
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._folder = _local_folder(options.source)
-        index = families.read_config(self._folder, "model_index.json") if self._folder else {}
-        class_name = index.get("_class_name")
-        self.caps = self._capabilities(class_name if isinstance(class_name, str) else None)
+        self.caps = self._capabilities()
         self._info = self._make_info()
 
     # -- Engine protocol ---------------------------------------------------------------------------
@@ -418,7 +416,7 @@ class DiffusersEngine(EngineBase):
         # Previews stream image after image: a job that wants them and has several images runs one
         # image per call (streams send one-image jobs, which batch freely).
         single = any(c.partial_images > 0 and p.job.n > 1 for p, c in zip(plans, contexts, strict=True))
-        size = 1 if single or not self.caps.family.batches else self.options.max_batch
+        size = 1 if single else self._info.max_batch  # 1 for families that refuse batches
         results: list[list[Image.Image]] = [[] for _ in jobs]
         for first in range(0, len(entries), size):
             chunk = [e for e in entries[first : first + size] if not e.ctx.cancelled]
@@ -488,10 +486,14 @@ class DiffusersEngine(EngineBase):
 
     # -- capabilities and checks -------------------------------------------------------------------
 
-    def _capabilities(self, class_name: str | None) -> Capabilities:
-        family = families.family_for(class_name)
+    def _capabilities(self, class_name: str | None = None) -> Capabilities:
+        """From the checkpoint's configs; `class_name` is the loaded pipeline's, once there is one
+        (else the one model_index.json names)."""
         folder = self._folder
         index = families.read_config(folder, "model_index.json") if folder else {}
+        if class_name is None and isinstance(index.get("_class_name"), str):
+            class_name = index["_class_name"]
+        family = families.family_for(class_name)
         transformer = families.read_config(folder, "transformer/config.json") if folder else {}
         vae = families.read_config(folder, "vae/config.json") if folder else {}
         required = families.vae_scale_factor(vae) * family.latent_multiple

@@ -24,6 +24,8 @@ The families differ in four ways that matter to the API:
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,24 +138,18 @@ def family_for(class_name: str | None) -> Family:
 def generic_family(class_name: str) -> Family:
     """A pipeline outside the table: what its text-to-image call takes decides guidance and negative
     prompts; UNet pipelines keep the SD rule for sizes."""
-    import inspect
-
     import diffusers
 
     cls = getattr(diffusers, class_name, None)
-    params = inspect.signature(cls.__call__).parameters if cls is not None else {}
+    if cls is None:
+        return Family(class_name, guidance="none", negative="none")
+    params = inspect.signature(cls.__call__).parameters
     return Family(
         class_name,
-        latent_multiple=8 if "unet" in _init_params(cls) else 2,
+        latent_multiple=8 if "unet" in inspect.signature(cls.__init__).parameters else 2,
         guidance="cfg" if "guidance_scale" in params else "none",
         negative="cfg" if "negative_prompt" in params else "none",
     )
-
-
-def _init_params(cls: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters) if cls is not None else set()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,8 +213,6 @@ SENTENCEPIECE_TOKENIZERS = frozenset({"T5Tokenizer", "T5TokenizerFast", "LlamaTo
 def missing_packages(source: str, index: dict[str, Any]) -> list[str]:
     """Packages this checkpoint's components need that cannot be imported here, with the component
     that needs each: found at start-up rather than by the first request."""
-    import importlib.util
-
     missing: list[str] = []
     for component, spec in index.items():
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], str)):
