@@ -313,3 +313,29 @@ async def test_a_callback_arrives_signed(tmp_path: Path) -> None:
     assert hmac.compare_digest(signature, expected)
     sent = json.loads(payload)
     assert sent["id"] == job_id and sent["status"] == "completed" and sent["result"]["data"]
+
+
+async def test_an_engine_failure_is_the_same_500_envelope_everywhere_and_hides_its_cause(
+    tmp_path: Path,
+) -> None:
+    """A failure that is not one of limner's errors: the same server_error body for a plain request,
+    in a stream's error event and in a failed job, with nothing of the exception in it."""
+    engine = GateEngine(fail_with=RuntimeError("secret internals"))
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        # Starlette re-raises after answering; a server hides that from its client, so does this one.
+        transport = httpx2.ASGITransport(app=client.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as server_side:
+            plain = await server_side.post(GENERATIONS, json=body(1))
+        assert plain.status_code == 500
+        expected = plain.json()
+        assert expected["error"]["type"] == "server_error" and expected["error"]["param"] is None
+        assert "secret internals" not in plain.text
+
+        streamed = await client.post(GENERATIONS, json=body(2, stream=True))
+        event = [line for line in streamed.text.splitlines() if line.startswith("data:")][-1]
+        assert json.loads(event.removeprefix("data:")) == expected
+
+        accepted = await client.post(GENERATIONS, json=body(3), headers=ASYNC)
+        failed = await wait_status(client, accepted.json()["id"], "failed")
+        assert failed["error"] == expected["error"]

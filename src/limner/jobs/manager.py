@@ -37,7 +37,7 @@ from limner.errors import InvalidRequest, JobCancelled, LimnerError, NotFound
 from limner.jobs.store import ENDED, JobRecord, JobStore
 from limner.scheduler import Scheduler, Ticket
 from limner.server import service
-from limner.server.errors import SERVER_ERROR_MESSAGE
+from limner.server.errors import server_error
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -311,14 +311,7 @@ class JobManager:
             )
         except Exception:
             log.exception("job %s failed", record.id)
-            error = {
-                "error": {
-                    "message": SERVER_ERROR_MESSAGE,
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+            error = server_error().to_dict()
             record.status, record.error, record.status_code = "failed", error, 500
             await asyncio.to_thread(
                 self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500

@@ -23,6 +23,11 @@ SERVER_ERROR_MESSAGE = (
 )
 
 
+def server_error() -> LimnerError:
+    """The 500 a client sees for a failure that is not one of limner's errors: nothing internal."""
+    return LimnerError(SERVER_ERROR_MESSAGE)
+
+
 def for_log(text: str | None, cap: int = 200) -> str:
     """A client string as a log line may hold it: escaped (a newline cannot forge a line, a lone
     surrogate cannot fail the handler) and capped (a 1 MB `user` is not a 1 MB line)."""
@@ -176,4 +181,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return envelope(500, SERVER_ERROR_MESSAGE, type="server_error")
+        return render(server_error())

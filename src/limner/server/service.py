@@ -21,7 +21,7 @@ from limner import imaging, rules
 from limner.engines.jobs import EditJob, Job, JobContext
 from limner.errors import LimnerError
 from limner.scheduler import Scheduler, Ticket
-from limner.server.errors import SERVER_ERROR_MESSAGE, for_log, log
+from limner.server.errors import for_log, log, server_error
 from limner.server.links import base_url
 from limner.server.metrics import Metrics
 from limner.storage import SignedStore
@@ -280,17 +280,7 @@ async def stream_response(request: Request, work: Work, kind: StreamKind) -> Str
             yield sse("error", exc.to_dict())
         except Exception:
             log.exception("stream failed")
-            yield sse(
-                "error",
-                {
-                    "error": {
-                        "message": SERVER_ERROR_MESSAGE,
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                },
-            )
+            yield sse("error", server_error().to_dict())
         finally:
             if current is not None:  # the client left (or a failure): stop the engine
                 scheduler.cancel(current.ticket)
