@@ -122,6 +122,28 @@ def test_generate_stream_shows_progress_and_writes_the_final_images(
     assert sorted(tmp_path.iterdir()) == sorted(paths)  # no partial images left behind
 
 
+def test_generate_stream_of_a_large_image(app: typer.Typer, server: RunningServer, tmp_path: Path) -> None:
+    """The CLI's stream at 1536x1024 high: a final event of well over 1 MiB is written whole."""
+    result = invoke(
+        app,
+        server,
+        "generate",
+        "a noisy field of many coloured stars",
+        "--model",
+        "gpt-image-1",
+        "--quality",
+        "high",
+        "--size",
+        "1536x1024",
+        "--stream",
+        "-o",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    (path,) = paths_of(result.stdout)
+    assert path.stat().st_size > 768 * 1024 and PILImage.open(path).size == (1536, 1024)
+
+
 def test_edit_several_images_and_with_a_mask(app: typer.Typer, server: RunningServer, tmp_path: Path) -> None:
     a, b = write_png(tmp_path / "a.png"), write_png(tmp_path / "b.png")
     out = tmp_path / "out"

@@ -114,6 +114,25 @@ def test_async_streams_for_generations_and_edits(server: RunningServer) -> None:
     run(server, body)
 
 
+def test_async_large_image_streams_whole(server: RunningServer) -> None:
+    """1536x1024 at high quality: a completed event well over httpx2's default 1 MiB cap."""
+
+    async def body(api: AsyncImagesApi) -> str:
+        stream = await api.create_image(
+            prompt="a noisy field of many coloured stars",
+            model="gpt-image-1",
+            size="1536x1024",
+            quality="high",
+            stream=True,
+        )
+        events = [event async for event in stream]
+        assert isinstance(events[-1], ImageGenCompletedEvent)
+        return str(events[-1].b64_json)
+
+    b64 = run(server, body)
+    assert len(b64) > 1024 * 1024 and decoded(b64).size == (1536, 1024)
+
+
 def test_async_concurrent_requests(server: RunningServer) -> None:
     async def body(api: AsyncImagesApi) -> list[int]:
         results = await asyncio.gather(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from limner.client import (
+    ApiClient,
+    ApiConnectionError,
+    Configuration,
     ImageEditCompletedEvent,
     ImageEditPartialImageEvent,
     ImageGenCompletedEvent,
@@ -11,6 +16,7 @@ from limner.client import (
     Stream,
 )
 from tests.client.conftest import decoded, png
+from tests.support.server import RunningServer
 
 
 def test_generation_stream_sends_partials_then_completed_per_image(images: ImagesApi) -> None:
@@ -57,3 +63,31 @@ def test_breaking_early_closes_the_connection(images: ImagesApi) -> None:
     assert stream.closed
     # the server is still fine afterwards
     assert images.create_image(prompt="after", size="256x256").data
+
+
+def test_a_large_image_streams_whole(images: ImagesApi) -> None:
+    """A finished 1536x1024 high-quality PNG is well over httpx2's default 1 MiB event cap."""
+    stream = images.create_image(
+        prompt="a noisy field of many coloured stars",
+        model="gpt-image-1",
+        size="1536x1024",
+        quality="high",
+        stream=True,
+        partial_images=1,
+    )
+    events = list(stream)
+    final = events[-1]
+    assert isinstance(final, ImageGenCompletedEvent)
+    assert len(final.b64_json) > 1024 * 1024  # the case that broke before
+    assert decoded(final.b64_json).size == (1536, 1024)
+
+
+def test_the_event_cap_is_the_clients_setting(server: RunningServer) -> None:
+    """A cap below the event's size still breaks the stream, with a message that names the limit."""
+    config = Configuration(host=server.api_base, access_token=None, max_stream_event_bytes=64 * 1024)
+    with ApiClient(config) as client:
+        stream = ImagesApi(client).create_image(
+            prompt="a noisy field of many coloured stars", model="gpt-image-1", size="1024x1024", stream=True
+        )
+        with pytest.raises(ApiConnectionError, match="65536 byte limit"):
+            list(stream)

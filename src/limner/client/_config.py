@@ -12,6 +12,10 @@ DEFAULT_HOST = "https://api.openai.com/v1"
 #: openai-python's defaults: ten minutes to read (images are slow), five seconds to connect.
 DEFAULT_TIMEOUT = httpx2.Timeout(600.0, connect=5.0)
 DEFAULT_MAX_RETRIES = 2
+#: The largest server-sent event a stream may carry. httpx2's default (1 MiB) is smaller than one
+#: finished 1024x1024 PNG in base64; this bound is what the API can send: its largest image (3840x2160,
+#: RGBA, incompressible) is about 33 MB as PNG, 44 MB in base64, plus the event's other fields.
+MAX_STREAM_EVENT_BYTES = 64 * 1024 * 1024
 
 #: A bearer token, or a function that returns one: called before every attempt, so a rotating token
 #: (the Dart seed's "function which generates token") is fresh on retries too. The async client also
@@ -43,6 +47,8 @@ class Configuration:
     organization: str | None = field(default_factory=lambda: os.environ.get("OPENAI_ORG_ID") or None)
     project: str | None = field(default_factory=lambda: os.environ.get("OPENAI_PROJECT_ID") or None)
     default_headers: dict[str, str] = field(default_factory=dict)
+    #: The largest stream event accepted (bytes); a larger one breaks the stream with ApiConnectionError.
+    max_stream_event_bytes: int = MAX_STREAM_EVENT_BYTES
 
     def __post_init__(self) -> None:
         self.host = self.host.rstrip("/")

@@ -126,7 +126,11 @@ class ImagesApi:
 
     def _result(self, call: Call) -> ApiResponse[Any]:
         response, retries = self.api_client.send(call)
-        data: ImagesResponse | Stream = Stream(response) if call.stream else parse_images_response(response)
+        data: ImagesResponse | Stream = (
+            Stream(response, max_event_bytes=self.api_client.configuration.max_stream_event_bytes)
+            if call.stream
+            else parse_images_response(response)
+        )
         return ApiResponse(data, response.status_code, response.headers, retries)
 
     # createImage: POST /images/generations
@@ -304,7 +308,8 @@ class AsyncImagesApi:
     async def _result(self, call: Call) -> ApiResponse[Any]:
         response, retries = await self.api_client.send(call)
         data: ImagesResponse | AsyncStream = (
-            AsyncStream(response) if call.stream else parse_images_response(response)
+            AsyncStream(response, max_event_bytes=self.api_client.configuration.max_stream_event_bytes)
+            if call.stream else parse_images_response(response)
         )
         return ApiResponse(data, response.status_code, response.headers, retries)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx2
 
+from limner.client._config import MAX_STREAM_EVENT_BYTES
 from limner.client._exceptions import (
     ApiConnectionError,
     ApiResponseValidationError,
@@ -71,8 +72,9 @@ def _wrap_transport(exc: httpx2.TransportError) -> ApiConnectionError:
 class Stream:
     """``for event in stream: ...``; also a context manager, with ``close()``."""
 
-    def __init__(self, response: httpx2.Response) -> None:
+    def __init__(self, response: httpx2.Response, *, max_event_bytes: int = MAX_STREAM_EVENT_BYTES) -> None:
         self.response = response
+        self.max_event_bytes = max_event_bytes
 
     @property
     def closed(self) -> bool:
@@ -82,7 +84,7 @@ class Stream:
         try:
             _check_is_event_stream(self.response)
             try:
-                for sse in httpx2.EventSource(self.response):
+                for sse in httpx2.EventSource(self.response, max_event_size=self.max_event_bytes):
                     event = _event_from(self.response, sse)
                     if event is None:
                         return
@@ -107,8 +109,9 @@ class Stream:
 class AsyncStream:
     """``async for event in stream: ...``; also an async context manager, with ``aclose()``."""
 
-    def __init__(self, response: httpx2.Response) -> None:
+    def __init__(self, response: httpx2.Response, *, max_event_bytes: int = MAX_STREAM_EVENT_BYTES) -> None:
         self.response = response
+        self.max_event_bytes = max_event_bytes
 
     @property
     def closed(self) -> bool:
@@ -118,7 +121,7 @@ class AsyncStream:
         try:
             _check_is_event_stream(self.response)
             try:
-                async for sse in httpx2.EventSource(self.response):
+                async for sse in httpx2.EventSource(self.response, max_event_size=self.max_event_bytes):
                     event = _event_from(self.response, sse)
                     if event is None:
                         return
