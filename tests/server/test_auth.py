@@ -131,10 +131,59 @@ async def test_key_lookups_never_block_the_event_loop(tmp_path: Path) -> None:
 
 
 async def test_explicit_auth_setting(tmp_path: Path) -> None:
-    assert (await models_status(tmp_path, auth="keys"))[0] == 401  # no key yet: closed, not open
-    _, secret = keys(tmp_path).create()
+    record, secret = keys(tmp_path).create()
     assert (await models_status(tmp_path, auth="none"))[0] == 200
     assert (await models_status(tmp_path, secret, auth="keys"))[0] == 200
+    keys(tmp_path).revoke(record.id)
+    assert (await models_status(tmp_path, secret, auth="keys"))[0] == 401  # none active: closed, not open
+
+
+async def test_auth_keys_without_a_key_database_refuses_to_start_saying_how_to_make_one(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(KeyDatabaseError) as caught:
+        create_app(settings(tmp_path, auth="keys"))
+    message = str(caught.value)
+    assert str(tmp_path / "keys.sqlite3") in message
+    assert f"limner keys create --name NAME --data-dir {tmp_path}" in message
+    assert not (tmp_path / "keys.sqlite3").exists()  # refusing creates nothing
+
+
+async def test_auth_keys_whose_database_goes_missing_answers_503(tmp_path: Path) -> None:
+    _, secret = keys(tmp_path).create()
+    (tmp_path / "auth-required").unlink()  # only an explicit auth = "keys" holds the server closed now
+    async with app_client(settings(tmp_path, auth="keys")) as client:
+        client.app.state.key_guard.ttl = 0  # type: ignore[attr-defined]
+        assert (await client.get("/v1/models", headers={"authorization": f"Bearer {secret}"})).status_code == 200
+        (tmp_path / "keys.sqlite3").unlink()
+        response = await client.get("/v1/models", headers={"authorization": f"Bearer {secret}"})
+        assert response.status_code == 503 and response.json()["error"]["type"] == "server_error"
+
+
+def test_limner_serve_auth_keys_without_keys_prints_how_to_create_one(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "limner", "serve", "--data-dir", str(tmp_path), "--auth", "keys", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "no key database" in line and "limner keys create --name NAME" in line
+
+
+async def test_the_startup_block_says_how_to_create_a_key_when_none_is_active(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record, _ = keys(tmp_path).create()
+    keys(tmp_path).revoke(record.id)
+    with caplog.at_level("INFO", logger="limner.server"):
+        async with app_client(settings(tmp_path)) as client:
+            assert (await client.get("/v1/models")).status_code == 401
+    assert any(
+        "required (0 active)" in r.getMessage() and "limner keys create --name NAME" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_keys_cli_on_a_corrupt_database_prints_one_line(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from limner.jobs.manager import JobManager
 from limner.jobs.store import JobStore
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Scheduler
 from limner.server import banner, errors, openapi
-from limner.server.auth import KeyGuard, require_key
+from limner.server.auth import KeyGuard, create_key_command, require_key
 from limner.server.keys import open_key_store
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
@@ -103,7 +103,8 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
                 metrics.model_state(name, loaded=registry.engines[served.engine_key].loaded)
         scheduler.start()
         await manager.recover()  # jobs a crash interrupted run again before anything new
-        for line in banner.startup_lines(settings, registry, startup_hashes):
+        create_key = create_key_command(key_guard.store)
+        for line in banner.startup_lines(settings, registry, startup_hashes, create_key=create_key):
             log.info("%s", line)
         for warning in banner.startup_warnings(settings, startup_hashes):
             log.warning("%s", warning)

@@ -48,7 +48,13 @@ class KeyGuard:
             return None
         hashes = self.store.snapshot()
         if hashes is None and self.mode == "keys":
-            return {}  # keys required but none exist: every call is refused
+            if not self.store.exists():
+                # Nobody could ever be let in: at start-up a one-line refusal, while serving a 503.
+                raise KeyDatabaseError(
+                    f'auth = "keys" but there is no key database at {self.store.where}: create a key '
+                    f"first with `{create_key_command(self.store)}`"
+                )
+            return {}  # keys required, none active: every call is refused
         return hashes
 
     def check_at_startup(self) -> Mapping[str, str] | None:
@@ -79,6 +85,13 @@ class KeyGuard:
                 raise ServiceUnavailable(UNAVAILABLE) from None
             self._cached = (time.monotonic(), result)
             return result
+
+
+def create_key_command(store: KeyStore) -> str:
+    """The command that creates a key in this store, for messages to the operator."""
+    if store.kind == "sqlite":
+        return f"limner keys create --name NAME --data-dir {store.path.parent}"
+    return f"limner keys create --name NAME --keys-url {store.where}"
 
 
 async def require_key(request: Request) -> None:

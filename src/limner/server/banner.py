@@ -13,13 +13,16 @@ from limner.server.settings import Settings
 
 
 def startup_lines(
-    settings: Settings, registry: EngineRegistry, hashes: Mapping[str, str] | None
+    settings: Settings, registry: EngineRegistry, hashes: Mapping[str, str] | None, *, create_key: str = ""
 ) -> list[str]:
+    """`create_key` is the command that makes a key in this server's store (shown when none is active)."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     if hashes is None:
         keys = "not required" + (" (auth = none)" if settings.auth == "none" else " (no key created yet)")
     else:
         keys = f"required ({len(hashes)} active)"
+        if not hashes:
+            keys += f": every call is refused until you create one with `{create_key}`"
     lines = [
         f"limner serving on http://{host}:{settings.port}",
         f"  data dir: {settings.data_dir}",

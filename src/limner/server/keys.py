@@ -93,6 +93,15 @@ class KeyStore:
         """Whether keys have ever been created in this data dir (so the server must ask for one)."""
         return self.marker.exists()
 
+    def exists(self) -> bool:
+        """Whether there is a key database at all (`auth = "keys"` without one cannot serve anyone)."""
+        return self.path.exists()
+
+    @property
+    def where(self) -> str:
+        """The database, for messages to the operator."""
+        return str(self.path)
+
     @contextmanager
     def _connect(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         mode = "rwc" if create else "rw"

@@ -47,6 +47,9 @@ class PostgresKeyStore(KeyStore):
         self.timeout = timeout
         self._ready = False
 
+    def exists(self) -> bool:
+        return True  # the table is made on first use; an unreachable server raises KeyDatabaseError
+
     @property
     def where(self) -> str:
         """The database, without its password, for messages."""
