@@ -63,6 +63,9 @@ def test_async_generate_edit_vary_and_http_info(server: RunningServer, tmp_path:
         data, status, _ = await api.create_image_with_http_info(prompt="x", size="256x256")
         assert status == 200 and data.data and data.data[0].url
         paths = await async_save_images(data, tmp_path / "out", api_client=api.api_client)
+        # A second save into the same folder overwrites nothing.
+        again = await async_save_images(data, tmp_path / "out", api_client=api.api_client)
+        assert not set(again) & set(paths) and all(p.exists() for p in again)
         assert PILImage.open(paths[0]).size == (256, 256)
         data, status, _ = await api.create_image_edit_with_http_info(
             png_with_hole(), "a hat", model="dall-e-2", size="256x256"

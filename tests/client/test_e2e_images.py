@@ -58,6 +58,12 @@ def test_url_results_download_and_save(images: ImagesApi, client: ApiClient, tmp
     assert path == tmp_path / "tree.png" and PILImage.open(path).size == (256, 256)
     paths = save_images(result, tmp_path / "all", api_client=client)
     assert [p.name for p in paths] == ["image-0.png", "image-1.png"]
+    first = [p.read_bytes() for p in paths]
+    again = images.create_image(prompt="a red house", size="256x256", n=2)
+    more = save_images(again, tmp_path / "all", api_client=client)
+    # A second call into the same folder adds files; the first call's files are untouched.
+    assert [p.name for p in more] == ["image-0-1.png", "image-1-1.png"]
+    assert [p.read_bytes() for p in paths] == first and more[0].read_bytes() != first[0]
 
 
 def test_save_images_names_files_by_their_bytes(images: ImagesApi, tmp_path: Path) -> None:

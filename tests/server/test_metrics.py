@@ -123,3 +123,45 @@ def test_json_logs_write_one_object_per_request(tmp_path: Path) -> None:
     assert access["route"] == ROUTE and access["model"] == "gpt-image-1" and access["status"] == 200
     assert access["n"] == 2 and access["size"] == "1024x1536"
     assert access["queue_ms"] >= 0 and access["run_ms"] >= 0 and access["key_id"] is None
+
+
+async def test_a_400_for_a_served_model_counts_under_that_model(tmp_path: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64  # not decodable: a 400 after the model is known
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        before = await scrape(client)
+        bad_size = {"model": "gpt-image-1", "prompt": "x", "size": "999x999"}
+        assert (await client.post(GENERATIONS, json=bad_size)).status_code == 400
+        assert (await client.post(GENERATIONS, json={**bad_size, "n": "many"})).status_code == 400
+        assert (await client.post(GENERATIONS, json={"prompt": "x", "size": "999x999"})).status_code == 400
+        edit = await client.post(
+            "/v1/images/edits", data={"model": "dall-e-2", "prompt": "x"}, files={"image": ("a.png", png)}
+        )
+        vary = await client.post(
+            "/v1/images/variations", data={"model": "dall-e-2"}, files={"image": ("a.png", png)}
+        )
+        assert edit.status_code == vary.status_code == 400
+        weird = {"model": "no such\nmodel", "prompt": "x"}
+        assert (await client.post(GENERATIONS, json=weird)).status_code == 404
+        after = await scrape(client)
+
+    def moved(route: str, model: str, status: str) -> float:
+        labels = {"route": route, "model": model, "status": status}
+        return value(after, "limner_requests_total", **labels) - value(before, "limner_requests_total", **labels)
+
+    assert moved(ROUTE, "gpt-image-1", "400") == 2
+    assert moved(ROUTE, "dall-e-2", "400") == 1  # no model named: the default generation model's
+    assert moved("/v1/images/edits", "dall-e-2", "400") == 1
+    assert moved("/v1/images/variations", "dall-e-2", "400") == 1
+    assert moved(ROUTE, "-", "404") == 1  # a name the server does not serve stays "-"
+
+
+def test_text_logs_carry_the_request_id_on_the_access_line(tmp_path: Path) -> None:
+    with start_server(tmp_path / "data") as server:
+        response = httpx2.get(server.api_base + "/models", timeout=60)
+        request_id = response.headers["x-request-id"]
+        deadline = time.monotonic() + 60
+        while not any(f"request_id={request_id}" in line for line in server.log().splitlines()):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        (line,) = [line for line in server.log().splitlines() if request_id in line]
+    assert line.startswith("INFO limner.access: GET /v1/models 200 request_id=req_")

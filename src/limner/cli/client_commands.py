@@ -124,29 +124,12 @@ def _run(action: Callable[[], T]) -> T:
         raise _fail(problems, 2) from None
 
 
-def _unique(directory: Path, stem: str, ext: str) -> Path:
-    path = directory / f"{stem}.{ext}"
-    counter = 1
-    while path.exists():
-        path = directory / f"{stem}-{counter}.{ext}"
-        counter += 1
-    return path
-
-
-def _write(directory: Path, stem: str, data: bytes) -> Path:
-    from limner.client._files import extension_for, sniff_content_type
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = _unique(directory, stem, extension_for(sniff_content_type(data[:16])))
-    path.write_bytes(data)
-    return path
-
-
 def _save_all(images: list[Any], created: int, out: Path, client: ApiClient) -> list[Path]:
     from limner.client import image_bytes
+    from limner.client._save import write_new
 
     return [
-        _write(out, f"limner-{created}-{i}", image_bytes(image, client)) for i, image in enumerate(images)
+        write_new(image_bytes(image, client), out / f"limner-{created}-{i}") for i, image in enumerate(images)
     ]
 
 
@@ -164,6 +147,8 @@ def _stream_to_files(stream: Any, total_images: int, partials: int, out: Path) -
     per event (a log file or a CI job sees every step too)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
+
+    from limner.client._save import write_new
 
     paths: list[Path] = []
     steps = max(1, total_images * (partials + 1))
@@ -188,7 +173,7 @@ def _stream_to_files(stream: Any, total_images: int, partials: int, out: Path) -
                 )
             else:
                 data = base64.b64decode(event.b64_json)
-                paths.append(_write(out, f"limner-{event.created_at}-{index}", data))
+                paths.append(write_new(data, out / f"limner-{event.created_at}-{index}"))
                 report(f"image {index + 1}/{total_images} done", (index + 1) * (partials + 1))
                 if console.is_terminal:
                     progress.console.print(f"[green]wrote[/green] {paths[-1]}")

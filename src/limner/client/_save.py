@@ -1,7 +1,8 @@
 """Save result images to files: decode ``b64_json``, or download ``url`` (a data: URL is decoded).
 
 The file extension is taken from the image bytes, so ``save_images(response, "out")`` writes
-``out/image-0.png`` or ``.jpg``/``.webp`` as the server encoded them. A download carries the API key
+``out/image-0.png`` or ``.jpg``/``.webp`` as the server encoded them. ``save_images`` never overwrites:
+a name already taken (a second call into the same folder) gets a counter, ``image-0-1.png``. A download carries the API key
 only when the URL is on the configured API host: signed URLs on other hosts must not receive it.
 """
 
@@ -43,13 +44,33 @@ def _download_call(client: BaseApiClient, url: str) -> Call:
     return Call("GET", url, send_auth=same_host)
 
 
-def _write(data: bytes, path: PathLike) -> Path:
+def _with_extension(data: bytes, path: PathLike) -> Path:
     target = Path(path)
     if not target.suffix:
         target = target.with_suffix("." + extension_for(sniff_content_type(data[:16])))
     target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _write(data: bytes, path: PathLike) -> Path:
+    target = _with_extension(data, path)
     target.write_bytes(data)
     return target
+
+
+def write_new(data: bytes, path: PathLike) -> Path:
+    """Write to ``path`` (extension from the bytes) or, if that file exists, to ``<stem>-1``, ``-2``...:
+    never over an existing file, even one another process creates meanwhile (exclusive create)."""
+    target = _with_extension(data, path)
+    candidate, counter = target, 0
+    while True:
+        try:
+            with open(candidate, "xb") as file:
+                file.write(data)
+            return candidate
+        except FileExistsError:
+            counter += 1
+            candidate = target.with_name(f"{target.stem}-{counter}{target.suffix}")
 
 
 def _targets(response: ImagesResponse | Sequence[Image], directory: PathLike, prefix: str) -> list[Any]:
@@ -83,8 +104,12 @@ def save_images(
     prefix: str = "image",
     api_client: ApiClient | None = None,
 ) -> list[Path]:
-    """Write every image of a response as ``directory/prefix-<i>.<ext>``; returns the paths."""
-    return [save_image(image, target, api_client) for image, target in _targets(response, directory, prefix)]
+    """Write every image of a response as ``directory/prefix-<i>.<ext>`` (a taken name gets a counter:
+    nothing is overwritten); returns the paths."""
+    return [
+        write_new(image_bytes(image, api_client), target)
+        for image, target in _targets(response, directory, prefix)
+    ]
 
 
 async def async_image_bytes(image: Image | Any, api_client: AsyncApiClient | None = None) -> bytes:
@@ -113,7 +138,8 @@ async def async_save_images(
     prefix: str = "image",
     api_client: AsyncApiClient | None = None,
 ) -> list[Path]:
+    """Like save_images: every image written, nothing overwritten."""
     return [
-        await async_save_image(image, target, api_client)
+        write_new(await async_image_bytes(image, api_client), target)
         for image, target in _targets(response, directory, prefix)
     ]

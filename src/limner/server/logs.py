@@ -2,7 +2,8 @@
 
 The access record (logger `limner.access`, one per request) carries its fields in `record.fields`:
 request id, key id, method, route, model, n, size, status, queue ms, run ms and total ms. The text
-format writes them as `name=value` after the message; the JSON format as keys of the object.
+format writes them as `name=value` after the message (the request id first, so a line can be found by
+the `x-request-id` a client saw); the JSON format as keys of the object.
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(
-                f"{k}={v}" for k, v in fields.items() if v is not None and k != "request_id"
-            )
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         return line
 
 

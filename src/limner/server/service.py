@@ -87,6 +87,14 @@ def _finisher(
     return finish
 
 
+def note_model(request: Request, name: object) -> None:
+    """The model a request names, for the access record and the request metrics, as soon as it is
+    known, so that a 400 for a served model is counted under it. Only served names are kept: anything
+    else a client sends stays "-" (no free text in labels or log fields)."""
+    if isinstance(name, str) and name in request.app.state.registry.models:
+        request.state.model = name
+
+
 def client_of(request: Request) -> str:
     """Whose job this is, for fairness and per-key limits: the API key's id, else the address."""
     key_id = getattr(request.state, "key_id", None)

@@ -42,8 +42,10 @@ async def parse(request: Request) -> service.Work:
     )
     try:
         check_part_kinds(form, file_fields=FILE_FIELDS, text_fields=CreateImageEditRequest.model_fields)
+        service.note_model(request, form.fields.get("model"))
         req = validate(CreateImageEditRequest, dict(form.fields))
         profile = request.app.state.lookup.for_edit(req.model)
+        service.note_model(request, profile.name)
         sources: list[BinaryIO] = [
             u.file for u in form.files.get("image", []) + form.files.get("image[]", [])
         ]
@@ -85,8 +87,11 @@ async def _edit(
 
 
 async def _json_edit(request: Request) -> service.Work:
-    req = validate(EditImageJsonRequest, await json_object(request))
+    data = await json_object(request)
+    service.note_model(request, data.get("model"))
+    req = validate(EditImageJsonRequest, data)
     profile = request.app.state.lookup.for_edit(req.model)
+    service.note_model(request, profile.name)
     if not profile.gpt_fields:
         raise InvalidRequest(
             f"The JSON body is for GPT image models; model '{profile.name}' edits take multipart/form-data.",

@@ -26,7 +26,10 @@ async def parse(request: Request) -> service.Work:
         raise InvalidRequest(
             f"Unsupported content type '{content_type(request)}' for this endpoint: send application/json."
         )
-    req = validate(CreateImageRequest, await json_object(request))
+    data = await json_object(request)
+    service.note_model(request, data.get("model"))
+    req = validate(CreateImageRequest, data)
     state = request.app.state
+    service.note_model(request, state.lookup.for_generation(req).name)  # the default, if none was named
     resolved = rules.resolve_generation(state.lookup, req)
     return service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))

@@ -31,8 +31,10 @@ async def parse(request: Request) -> service.Work:
     form = await read_form(request, max_file_bytes=settings.max_upload_bytes, max_files=2)
     try:
         check_part_kinds(form, file_fields=("image",), text_fields=CreateImageVariationRequest.model_fields)
+        service.note_model(request, form.fields.get("model"))
         req = validate(CreateImageVariationRequest, dict(form.fields))
         profile = request.app.state.lookup.for_variation(req.model)
+        service.note_model(request, profile.name)
         files = form.files.get("image", [])
         if len(files) != 1:
             uploads.check_count(profile, len(files))
