@@ -108,3 +108,26 @@ def test_cli_generate_async_then_jobs_wait(server: RunningServer, tmp_path: Path
     assert Image.open(path).size == (1024, 1024)
     listed = runner.invoke(app, ["jobs", "list", *base])
     assert job_id in listed.stdout and "completed" in listed.stdout
+
+
+def test_jobs_list_shows_asynchronous_jobs_unless_asked_for_all(tmp_path: Path) -> None:
+    from tests.support.server import start_server
+
+    with start_server(tmp_path / "data") as fresh:
+        base = ["--base-url", fresh.api_base]
+        with ApiClient(Configuration(host=fresh.api_base, access_token=None)) as client:
+            ImagesApi(client).create_image(prompt="one", size="256x256")  # sent with an Idempotency-Key
+            ImagesApi(client).create_image(prompt="two", size="256x256")
+            jobs = JobsApi(client)
+            job = jobs.submit_image(prompt="three", size="256x256")
+            jobs.wait(job.id, interval=0.05, timeout=120)
+            assert [j.id for j in jobs.list(mode="async").data] == [job.id]
+            everything = jobs.list().data
+            assert len(everything) == 3 and {j.mode for j in everything} == {"async", "sync"}
+            assert len(jobs.list(mode="sync").data) == 2
+        runner = CliRunner()
+        listed = runner.invoke(app, ["jobs", "list", *base])
+        assert listed.exit_code == 0, listed.output
+        assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == [job.id]
+        listed_all = runner.invoke(app, ["jobs", "list", "--all", *base])
+        assert len(listed_all.stdout.splitlines()) == 3

@@ -37,6 +37,16 @@ def test_the_document_validates(document: dict[str, Any]) -> None:
     validate(document)  # type: ignore[arg-type]
 
 
+def test_every_operation_is_tagged_so_docs_group_it(document: dict[str, Any]) -> None:
+    tags = {
+        (path, method): operation.get("tags")
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert all(tags.values()), [where for where, tag in tags.items() if not tag]
+    assert tags[("/v1/images/jobs", "get")] == tags[("/v1/images/jobs/{job_id}", "delete")] == ["Jobs"]
+
+
 def test_every_image_route_has_its_bodies_responses_and_security(document: dict[str, Any]) -> None:
     paths = document["paths"]
     edit = paths["/v1/images/edits"]["post"]

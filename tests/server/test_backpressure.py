@@ -61,3 +61,15 @@ async def test_start_up_block(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     assert f"data dir: {tmp_path}" in text
     assert "API keys: not required (no key created yet)" in text
     assert any(line.split() == ["house", "sketch", "loaded"] for line in text.splitlines())
+
+
+@pytest.mark.diffusers
+async def test_start_up_block_shows_a_diffusers_models_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_text2image_dir: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="limner")
+    table = ModelConfig(engine="diffusers", source=str(tiny_text2image_dir), device="cpu")  # type: ignore[call-arg]
+    async with app_client(Settings(data_dir=tmp_path, models={"tiny": table})):
+        pass
+    lines = [line.split() for r in caplog.records for line in r.getMessage().splitlines()]
+    assert ["tiny", "diffusers", str(tiny_text2image_dir), "loads", "on", "first", "request"] in lines

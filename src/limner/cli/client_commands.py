@@ -88,12 +88,18 @@ def jobs_wait(
 @jobs_app.command("list")
 def jobs_list(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    all_jobs: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Also the ordinary calls kept for their Idempotency-Key (this client sends one)."
+        ),
+    ] = False,
     base_url: BaseUrl = LOCAL_API,
     api_key: ApiKey = None,
 ) -> None:
-    """List your jobs, newest first: id, status, operation, model."""
+    """List your asynchronous jobs (--async), newest first: id, status, operation, model."""
     with _jobs_api(base_url, api_key) as jobs:
-        for job in _run(lambda: jobs.list(limit=limit)).data:
+        for job in _run(lambda: jobs.list(limit=limit, mode=None if all_jobs else "async")).data:
             typer.echo(f"{job.id}\t{job.status}\t{job.operation}\t{job.model or '-'}")
 
 

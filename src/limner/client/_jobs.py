@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 
@@ -52,8 +52,9 @@ def _ended(job: ImageJob) -> ImageJob:
     return job
 
 
-def _listing(limit: int, before: int | None) -> Call:
+def _listing(limit: int, before: int | None, mode: str | None) -> Call:
     query = f"?limit={limit}" + (f"&before={before}" if before is not None else "")
+    query += f"&mode={mode}" if mode is not None else ""
     return Call("GET", "/images/jobs" + query)
 
 
@@ -109,8 +110,12 @@ class JobsApi:
     def cancel(self, job_id: str) -> ImageJob:
         return self._send_job(Call("DELETE", f"/images/jobs/{job_id}"))
 
-    def list(self, *, limit: int = 20, before: int | None = None) -> ImageJobList:
-        response, _ = self.api_client.send(_listing(limit, before))
+    def list(
+        self, *, limit: int = 20, before: int | None = None, mode: Literal["async", "sync"] | None = None
+    ) -> ImageJobList:
+        """Your jobs, newest first; `mode="async"` keeps only asynchronous ones (as `limner jobs list`
+        does: the client keeps every call behind an Idempotency-Key, and those are jobs too)."""
+        response, _ = self.api_client.send(_listing(limit, before, mode))
         return _jobs(response)
 
     def wait(self, job_id: str, *, interval: float = 0.5, timeout: float | None = None) -> ImageJob:
@@ -176,8 +181,10 @@ class AsyncJobsApi:
     async def cancel(self, job_id: str) -> ImageJob:
         return await self._send_job(Call("DELETE", f"/images/jobs/{job_id}"))
 
-    async def list(self, *, limit: int = 20, before: int | None = None) -> ImageJobList:
-        response, _ = await self.api_client.send(_listing(limit, before))
+    async def list(
+        self, *, limit: int = 20, before: int | None = None, mode: Literal["async", "sync"] | None = None
+    ) -> ImageJobList:
+        response, _ = await self.api_client.send(_listing(limit, before, mode))
         return _jobs(response)
 
     async def wait(self, job_id: str, *, interval: float = 0.5, timeout: float | None = None) -> ImageJob:

@@ -44,6 +44,13 @@ class ServedModel:
     concurrency: int
     max_queue: int
     batch_wait_ms: int = 0
+    #: What the engine draws from (a diffusers model's folder or hub id), for the operator's eyes.
+    source: str | None = None
+
+    @property
+    def engine_name(self) -> str:
+        """The configured engine ("sketch", "diffusers"), or "given" for an engine handed in."""
+        return self.engine_key.split(":")[0]
 
 
 def _sketch(name: str, options: Mapping[str, Any]) -> Engine:
@@ -144,8 +151,15 @@ class EngineRegistry:
             key = f"{table.engine}:{name}"
             engine = self.engines[key] = factory(name, table.engine_options())
             concurrency = table.concurrency or 1
+        source = table.engine_options().get("source") if table.engine != SKETCH else None
         self.models[name] = ServedModel(
-            name, self._profile(name, table, engine), key, concurrency, table.max_queue, table.batch_wait_ms
+            name,
+            self._profile(name, table, engine),
+            key,
+            concurrency,
+            table.max_queue,
+            table.batch_wait_ms,
+            str(source) if source else None,
         )
 
     @staticmethod

@@ -494,9 +494,11 @@ class JobManager:
             await live.done.wait()
         return JSONResponse(job_object(record, None))
 
-    async def listing(self, request: Request, limit: int, before: int | None) -> JSONResponse:
+    async def listing(
+        self, request: Request, limit: int, before: int | None, mode: str | None = None
+    ) -> JSONResponse:
         records = await asyncio.to_thread(
-            self.store.of_owner, owner_of(request), limit=limit + 1, before=before
+            self.store.of_owner, owner_of(request), limit=limit + 1, before=before, mode=mode
         )
         data = [
             job_object(self.live[r.id].record if r.id in self.live else r, self.live.get(r.id))
@@ -556,6 +558,7 @@ def job_object(record: JobRecord, live: Live | None, *, position: int | None = N
         "created_at": record.created_at,
         "model": record.model,
         "operation": record.operation,
+        "mode": record.mode,
     }
     if position is not None:
         body["queue_position"] = position

@@ -197,9 +197,15 @@ class JobStore:
         )
         return _record(rows[0]) if rows else None
 
-    def of_owner(self, owner: str, *, limit: int = 20, before: int | None = None) -> list[JobRecord]:
+    def of_owner(
+        self, owner: str, *, limit: int = 20, before: int | None = None, mode: str | None = None
+    ) -> list[JobRecord]:
+        """The owner's jobs, newest first; `mode` "async" or "sync" keeps only those."""
         query = f"SELECT {_COLUMNS} FROM limner_jobs WHERE owner = ?"
         args: list[Any] = [owner]
+        if mode is not None:
+            query += " AND mode = ?"
+            args.append(mode)
         if before is not None:
             query += " AND created_at < ?"
             args.append(before)

@@ -33,7 +33,8 @@ def startup_lines(
     for name, served in registry.models.items():
         engine = registry.engines[served.engine_key]
         state = "loaded" if engine.loaded else "loads on first request"
-        lines.append(f"    {name:<{width}}  {served.engine_key}  {state}")
+        source = f" {served.source}" if served.source else ""
+        lines.append(f"    {name:<{width}}  {served.engine_name}{source}  {state}")
     return lines
 
 

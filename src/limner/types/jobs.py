@@ -23,6 +23,8 @@ class ImageJob(ResponseModel):
     created_at: int
     model: str | None = None
     operation: Literal["generate", "edit", "vary"]
+    #: "async": asked for with Prefer: respond-async; "sync": a call kept for its Idempotency-Key.
+    mode: Literal["async", "sync"] | None = None
     #: While queued: how many jobs run before it.
     queue_position: int | None = None
     #: While in progress: the engine's step of steps.

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from limner.server.errors import envelope
 from limner.storage import LinkError, SignedStore
 
-router = APIRouter()
+router = APIRouter(tags=["Files"])
 
 
 @router.get("/files/{name}", operation_id="getImageFile")

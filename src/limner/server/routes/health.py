@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-router = APIRouter()
-metrics_router = APIRouter()
+router = APIRouter(tags=["Operations"])
+metrics_router = APIRouter(tags=["Operations"])
 
 
 @router.get("/health")

@@ -3,10 +3,12 @@ DELETE /v1/images/jobs/{id}. A job is its API key's: another key gets 404."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-router = APIRouter()
+router = APIRouter(tags=["Jobs"])
 
 
 @router.get("/images/jobs")
@@ -14,8 +16,13 @@ async def list_jobs(
     request: Request,
     limit: int = Query(20, ge=1, le=100),
     before: int | None = Query(None, description="only jobs created before this unix time"),
+    mode: Literal["async", "sync"] | None = Query(
+        None,
+        description="only asynchronous jobs (Prefer: respond-async), or only synchronous calls kept for "
+        "their Idempotency-Key; both when absent",
+    ),
 ) -> JSONResponse:
-    response: JSONResponse = await request.app.state.jobs.listing(request, limit, before)
+    response: JSONResponse = await request.app.state.jobs.listing(request, limit, before, mode)
     return response
 
 

@@ -11,7 +11,7 @@ from limner.engines.base import EngineInfo
 from limner.errors import ModelNotFound
 from limner.types import EXTENSION_FIELDS, Model, ModelList
 
-router = APIRouter()
+router = APIRouter(tags=["Models"])
 
 
 def _model(request: Request, name: str) -> Model:
