@@ -167,6 +167,46 @@ def test_config_errors_stop_the_server_with_a_message(tmp_path: Path) -> None:
     assert done.returncode == 2 and "warp-drive" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_sketch_table_refuses_an_option_it_would_ignore(tmp_path: Path) -> None:
+    config = tmp_path / "bogus.toml"
+    config.write_text('[models."gpt-image-1.5"]\nengine = "sketch"\nbogus_option = 3\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "limner", "serve", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "models.gpt-image-1.5.bogus_option: unknown option for the sketch engine" in line
+
+
+def test_a_models_default_response_format_is_the_operators_choice(tmp_path: Path) -> None:
+    """LangChain's DALL-E wrapper reads only .url and Haystack only .b64_json: each model's default is
+    set in its table, and a request that names response_format still gets what it named."""
+    config = tmp_path / "formats.toml"
+    config.write_text(
+        '[models."gpt-image-1"]\nresponse_format = "url"\n'
+        '[models."dall-e-3"]\nresponse_format = "b64_json"\n'
+        '[models.house]\nengine = "sketch"\nresponse_format = "url"\n'
+    )
+    with start_server(tmp_path / "data", "--config", str(config)) as server:
+        client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
+        gpt = client.images.generate(model="gpt-image-1", prompt="a cat", quality="low", size="1024x1024")
+        assert gpt.data and gpt.data[0].url and gpt.data[0].b64_json is None
+        assert httpx2.get(gpt.data[0].url).status_code == 200
+        dalle = client.images.generate(model="dall-e-3", prompt="a cat")
+        assert dalle.data and dalle.data[0].b64_json and dalle.data[0].url is None
+        asked = client.images.generate(model="dall-e-3", prompt="a cat", response_format="url")
+        assert asked.data and asked.data[0].url
+        house = client.images.generate(model="house", prompt="a cat", size="256x256")
+        assert house.data and house.data[0].url
+        untouched = client.images.generate(model="dall-e-2", prompt="a cat", size="256x256")
+        assert untouched.data and untouched.data[0].url  # DALL-E's own default, as before
+        models = httpx2.get(server.api_base + "/models/gpt-image-1").json()
+        assert models["capabilities"]["default_response_format"] == "url"
+
+
 def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     config = tmp_path / "limner.toml"
     config.write_text(

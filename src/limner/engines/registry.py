@@ -8,10 +8,11 @@ An engine comes from the table of factories below (`ENGINE_FACTORIES`), or is ha
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from limner import rules
 from limner.engines.base import Engine
@@ -32,6 +33,7 @@ class ModelTable(Protocol):
     concurrency: int | None
     max_queue: int
     batch_wait_ms: int
+    response_format: Literal["url", "b64_json"] | None
 
     def engine_options(self) -> dict[str, Any]: ...
 
@@ -76,6 +78,10 @@ ENGINE_FACTORIES: dict[str, Callable[[str, Mapping[str, Any]], Engine]] = {
     SKETCH: _sketch,
     "diffusers": _diffusers,
 }
+
+#: What a sketch-served table may hold beyond limner's own keys: the size limits of its rule profile.
+#: The sketch engine has no options of its own, so anything else is refused rather than ignored.
+SKETCH_OPTIONS = frozenset({"sizes", "size_multiple", "max_pixels"})
 
 #: The waiting jobs an OpenAI name admits when the config says nothing of it.
 DEFAULT_MAX_QUEUE = 64
@@ -138,6 +144,13 @@ class EngineRegistry:
             known = ", ".join(f"'{k}'" for k in ENGINE_FACTORIES)
             raise ValueError(f"model '{name}': unknown engine '{table.engine}' (use {known})")
         if table.engine == SKETCH:
+            unknown = sorted(set(table.engine_options()) - SKETCH_OPTIONS)
+            if unknown:
+                raise ValueError(
+                    f"models.{name}.{unknown[0]}: unknown option for the sketch engine (it takes "
+                    "sizes, size_multiple, max_pixels, default_size, concurrency, max_queue, batch_wait_ms "
+                    "and response_format)"
+                )
             key, engine = SKETCH, self._shared_sketch()
             concurrency = table.concurrency or sketch_concurrency
             if concurrency != sketch_concurrency:
@@ -164,6 +177,13 @@ class EngineRegistry:
 
     @staticmethod
     def _profile(name: str, table: ModelTable | None, engine: Engine) -> rules.ModelProfile:
+        profile = EngineRegistry._own_profile(name, table, engine)
+        if table is not None and table.response_format is not None:
+            profile = dataclasses.replace(profile, default_response_format=table.response_format)
+        return profile
+
+    @staticmethod
+    def _own_profile(name: str, table: ModelTable | None, engine: Engine) -> rules.ModelProfile:
         profile = rules.OPENAI_PROFILES.get(name)
         if profile is not None:
             return profile

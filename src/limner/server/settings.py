@@ -66,11 +66,14 @@ class ModelConfig(BaseModel):
     max_queue: int = 32
     #: How long a free worker waits for more compatible jobs to fill a batch (0: never waits).
     batch_wait_ms: int = 0
+    #: The answer's format when a request names none (the model's own default otherwise: url for the
+    #: DALL-E names, b64_json for the others), for clients that read only one of them.
+    response_format: Literal["url", "b64_json"] | None = None
 
     def engine_options(self) -> dict[str, Any]:
         """The engine's own options: the table less limner's keys, with the size limits that are set
         (so that the engine and the rule profile agree on what the model can make)."""
-        own = {"engine", "default_size", "concurrency", "max_queue", "batch_wait_ms"}
+        own = {"engine", "default_size", "concurrency", "max_queue", "batch_wait_ms", "response_format"}
         return {k: v for k, v in self.model_dump().items() if k not in own and v not in (None, [])}
 
 
