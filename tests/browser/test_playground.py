@@ -231,19 +231,41 @@ def test_phone_width_and_keyboard(browser: Any, ui_server: RunningServer, shots:
     context.close()
 
 
-def test_a_wrong_key_shows_the_401_message(browser: Any, tmp_path: Path, shots: Path) -> None:
+def test_a_server_that_needs_a_key_points_at_the_key_field(browser: Any, tmp_path: Path, shots: Path) -> None:
     data = tmp_path / "keyed"
-    KeyStore(data / "keys.sqlite3").create("ui")
+    _, key = KeyStore(data / "keys.sqlite3").create("ui")
     with start_server(data) as server:
         context = browser.new_context()
         p = context.new_page()
         p.goto(server.base_url + "/")
         p.wait_for_selector("#error:not([hidden])")
-        assert "didn't provide an API key" in p.text_content("#error")
+        # The page's own words: where to put the key, not curl's Authorization header.
+        message = p.text_content("#error") or ""
+        assert "paste yours into the API key field" in message and "Bearer" not in message
+        assert p.get_attribute("#api-key", "aria-invalid") == "true"
+        assert p.evaluate("document.activeElement.id") == "api-key"
+        assert p.text_content("#model") == "needs an API key"
+        # The placeholder fits its field (measured in the field's own font).
+        fits = p.evaluate(
+            """() => {
+              const field = document.getElementById("api-key");
+              const style = getComputedStyle(field);
+              const context = document.createElement("canvas").getContext("2d");
+              context.font = `${style.fontSize} ${style.fontFamily}`;
+              const room = field.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+              return context.measureText(field.placeholder).width <= room;
+            }"""
+        )
+        assert fits
+        p.screenshot(path=str(shots / "07-key-needed.png"), full_page=True)
         p.fill("#api-key", "lim-wrong-key-123456789")
         p.dispatch_event("#api-key", "change")
-        p.wait_for_function("document.getElementById('error').textContent.includes('Incorrect API key')")
+        p.wait_for_function("document.getElementById('error').textContent.includes('was not accepted')")
         p.screenshot(path=str(shots / "08-wrong-key.png"), full_page=True)
+        p.fill("#api-key", key)
+        p.dispatch_event("#api-key", "change")
+        p.wait_for_function("[...document.querySelectorAll('#model option')].some(o => o.value === 'gpt-image-1')")
+        assert p.is_hidden("#error") and p.get_attribute("#api-key", "aria-invalid") is None
         context.close()
 
 

@@ -21,7 +21,10 @@ function headers() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// A 401 speaks of curl's Authorization header; on this page the key goes into its own field, so say
+// that, point at the field, and keep the server's reason (missing or wrong key) after it.
 async function errorText(response) {
+  if (response.status === 401) return keyMessage(response);
   try {
     const body = await response.json();
     const error = body.error || {};
@@ -31,16 +34,34 @@ async function errorText(response) {
   }
 }
 
+async function keyMessage(response) {
+  let reason = "";
+  try {
+    const code = ((await response.json()).error || {}).code;
+    reason = code === "invalid_api_key" ? "The key in the API key field was not accepted. " : "";
+  } catch (_) { /* the body is not JSON: the generic message is enough */ }
+  const field = $("api-key");
+  field.setAttribute("aria-invalid", "true");
+  field.focus();
+  return `${reason}This server needs an API key: paste yours into the API key field at the top of the ` +
+    "page (an operator makes one with `limner keys create`).";
+}
+
 function showError(text) {
   const box = $("error");
   box.textContent = text;
   box.hidden = !text;
+  if (!text) $("api-key").removeAttribute("aria-invalid");
 }
 
 async function loadModels() {
   const response = await fetch("/v1/models", { headers: headers() });
   if (!response.ok) {
     showError(await errorText(response));
+    // The menus say why they are empty rather than looking broken.
+    const why = response.status === 401 ? "needs an API key" : "unavailable";
+    $("model").replaceChildren(new Option(why, "", true, true));
+    $("size").replaceChildren(new Option("–", "", true, true));
     return;
   }
   showError("");
