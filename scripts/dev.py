@@ -21,6 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 TORCH = os.environ.get("LIMNER_TORCH_SPEC", "torch==2.13.0")
+#: Said before the server starts: the `limner` command is in the venv, not on PATH.
+ACTIVATE_HINT = (
+    f"limner is installed in {VENV.relative_to(ROOT)}: in another shell, `source "
+    f"{(BIN / 'activate').relative_to(ROOT)}` puts the `limner` command (keys, generate, edit, ...) on "
+    "your PATH."
+)
 
 
 def run(*cmd: str | os.PathLike[str]) -> None:
@@ -46,6 +52,7 @@ def main(argv: list[str]) -> int:
     python = ensure_venv()
     if argv[0] == "serve":
         pip_install(python, "-e", ".")
+        print(ACTIVATE_HINT, flush=True)
         os.execv(python, [str(python), "-m", "limner", "serve", *argv[1:]])
     pip_install(python, TORCH)
     pip_install(python, "-e", ".[test,diffusers]")

@@ -29,7 +29,7 @@ def _require_diffusers() -> None:
             importlib.import_module(name)
         except ImportError as exc:
             pytest.skip(
-                f"{name} is not importable ({exc}); install the extra: pip install 'limner[diffusers]'"
+                f"{name} is not importable ({exc}); install the extra: pip install -e '.[diffusers]'"
             )
 
 

@@ -264,7 +264,9 @@ def test_a_server_that_needs_a_key_points_at_the_key_field(browser: Any, tmp_pat
         p.screenshot(path=str(shots / "08-wrong-key.png"), full_page=True)
         p.fill("#api-key", key)
         p.dispatch_event("#api-key", "change")
-        p.wait_for_function("[...document.querySelectorAll('#model option')].some(o => o.value === 'gpt-image-1')")
+        p.wait_for_function(
+            "[...document.querySelectorAll('#model option')].some(o => o.value === 'gpt-image-1')"
+        )
         assert p.is_hidden("#error") and p.get_attribute("#api-key", "aria-invalid") is None
         context.close()
 

@@ -245,7 +245,7 @@ def test_missing_extra_is_a_clear_error(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "pip install 'limner[diffusers]'" in done.stderr and "Traceback" not in done.stderr
+    assert "pip install -e '.[diffusers]'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_model_that_fails_to_load(tmp_path: Path) -> None:

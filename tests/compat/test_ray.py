@@ -30,7 +30,7 @@ pytestmark = pytest.mark.diffusers
 def ray_server(
     tiny_text2image_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    pytest.importorskip("ray.serve", reason="pip install 'limner[ray]'")
+    pytest.importorskip("ray.serve", reason="pip install -e '.[ray]'")
     moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]'")
     if binaries() is None:
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
@@ -211,7 +211,7 @@ def test_killing_one_replica_leaves_the_application_answering(ray_server: Runnin
 
 
 def test_the_serve_yaml_example_builds_the_application(tmp_path: Path) -> None:
-    pytest.importorskip("ray.serve", reason="pip install 'limner[ray]'")
+    pytest.importorskip("ray.serve", reason="pip install -e '.[ray]'")
     import yaml
 
     from limner.ray_app import RayOptions, build_app

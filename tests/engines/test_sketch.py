@@ -619,3 +619,69 @@ def test_colour_words_bind_to_the_shape_they_describe(prompt: str, expected: dic
         if item.kind in expected:
             assert item.colour == COLOURS[expected[item.kind]]
     assert {COLOURS[c] for c in expected.values()} <= {c for c, _ in plan.colours}  # still in the palette
+
+
+# -- the words of the README's examples draw something recognisable ---------------------------------
+
+
+def luminance(img: Image.Image) -> np.ndarray:
+    a = arr(img)[..., :3]
+    return a[..., 0] * 0.2126 + a[..., 1] * 0.7152 + a[..., 2] * 0.0722
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_night_darkens_the_sky_and_brings_a_moon_and_stars(seed: int) -> None:
+    day = generate("a lighthouse", seed=seed)[0]
+    night = generate("a lighthouse at night", seed=seed)[0]
+    sky = slice(0, day.height // 3)
+    assert luminance(night)[sky].mean() < 0.6 * luminance(day)[sky].mean()
+    assert luminance(night)[sky].mean() < 90  # a dark sky, whatever the digest's palette
+    scene = plan_scene(read_prompt("a lighthouse at night"), seed, aspect=1.0)
+    kinds = [item.kind for item in scene.items]
+    assert "moon" in kinds and kinds.count("twinkle") >= 10
+    # A negative prompt can say no to the night.
+    assert not read_prompt("a lighthouse at night", "night").night
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_a_lighthouse_is_a_banded_tower_by_the_sea(seed: int) -> None:
+    plan = read_prompt("a lighthouse")
+    scene = plan_scene(plan, seed, aspect=1.0)
+    (tower,) = [item for item in scene.items if item.kind == "lighthouse"]
+    assert "wave" in [item.kind for item in scene.items]  # the sea comes with it
+    image = arr(generate("a lighthouse", seed=seed)[0])
+    h, w = image.shape[:2]
+    unit = min(w, h)
+    # Up the tower's axis from its base: white and red bands alternate.
+    x = int(tower.x * w)
+    column = [image[int(tower.y * h - f * tower.size * unit), x, :3] for f in np.linspace(0.15, 1.2, 30)]
+    reds = [c[0] > 150 and c[1] < 80 for c in column]
+    whites = [min(c) > 200 for c in column]
+    assert sum(reds) >= 5 and sum(whites) >= 5
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_a_cat_is_drawn_with_ears_and_eyes(seed: int) -> None:
+    scene = plan_scene(read_prompt("a cat"), seed, aspect=1.0)
+    cats = [item for item in scene.items if item.kind == "cat"]
+    assert cats
+    image = arr(generate("a cat", seed=seed)[0])
+    h, w = image.shape[:2]
+    cat = max(cats, key=lambda item: item.y)  # the nearest: drawn last, nothing covers it
+    unit = min(w, h)
+    head = image[int(cat.y * h - 0.58 * cat.size * unit), int(cat.x * w), :3]
+    ground = image[min(h - 1, int(cat.y * h + 0.05 * unit)), int(cat.x * w), :3]
+    ginger = np.array([224, 133, 51])
+    assert np.abs(head - ginger).max() < 60 and np.abs(ground - ginger).max() > 60
+
+
+def test_a_forest_is_many_trees() -> None:
+    for prompt, kind, least in (("a forest", "tree", 5), ("a village", "house", 3), ("a garden", "flower", 4)):
+        scene = plan_scene(read_prompt(prompt), 3, aspect=1.0, detail="low")
+        assert sum(item.kind == kind for item in scene.items) >= least, prompt
+
+
+def test_prompts_without_the_new_words_keep_their_pictures() -> None:
+    """Night handling draws its randomness last: a day prompt's plan is untouched by it."""
+    scene = plan_scene(read_prompt("a red sun over blue mountains"), 5, aspect=1.0)
+    assert "twinkle" not in [item.kind for item in scene.items] and scene.palette.named

@@ -154,7 +154,9 @@ async def test_auth_keys_whose_database_goes_missing_answers_503(tmp_path: Path)
     (tmp_path / "auth-required").unlink()  # only an explicit auth = "keys" holds the server closed now
     async with app_client(settings(tmp_path, auth="keys")) as client:
         client.app.state.key_guard.ttl = 0  # type: ignore[attr-defined]
-        assert (await client.get("/v1/models", headers={"authorization": f"Bearer {secret}"})).status_code == 200
+        assert (
+            await client.get("/v1/models", headers={"authorization": f"Bearer {secret}"})
+        ).status_code == 200
         (tmp_path / "keys.sqlite3").unlink()
         response = await client.get("/v1/models", headers={"authorization": f"Bearer {secret}"})
         assert response.status_code == 503 and response.json()["error"]["type"] == "server_error"
@@ -162,7 +164,18 @@ async def test_auth_keys_whose_database_goes_missing_answers_503(tmp_path: Path)
 
 def test_limner_serve_auth_keys_without_keys_prints_how_to_create_one(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "limner", "serve", "--data-dir", str(tmp_path), "--auth", "keys", "--port", "1"],
+        [
+            sys.executable,
+            "-m",
+            "limner",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--auth",
+            "keys",
+            "--port",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -146,7 +146,9 @@ async def test_a_400_for_a_served_model_counts_under_that_model(tmp_path: Path) 
 
     def moved(route: str, model: str, status: str) -> float:
         labels = {"route": route, "model": model, "status": status}
-        return value(after, "limner_requests_total", **labels) - value(before, "limner_requests_total", **labels)
+        return value(after, "limner_requests_total", **labels) - value(
+            before, "limner_requests_total", **labels
+        )
 
     assert moved(ROUTE, "gpt-image-1", "400") == 2
     assert moved(ROUTE, "dall-e-2", "400") == 1  # no model named: the default generation model's

@@ -156,10 +156,11 @@ def serve(
         )
         logs.configure(log_level, settings.log_format)  # the config file may say json
         if ray:
+            from limner.extras import install_hint
             from limner.ray_app import RayOptions, run
 
             if importlib.util.find_spec("ray") is None:
-                raise ValueError("--ray needs Ray Serve: pip install 'limner[ray]'")
+                raise ValueError(f"--ray needs Ray Serve: {install_hint('ray')}")
 
             env = {k: v for k, v in os.environ.items() if k.startswith(("LIMNER_", "AWS_", "HF_", "OMP_"))}
             _run_on_ray(

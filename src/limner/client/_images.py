@@ -309,7 +309,8 @@ class AsyncImagesApi:
         response, retries = await self.api_client.send(call)
         data: ImagesResponse | AsyncStream = (
             AsyncStream(response, max_event_bytes=self.api_client.configuration.max_stream_event_bytes)
-            if call.stream else parse_images_response(response)
+            if call.stream
+            else parse_images_response(response)
         )
         return ApiResponse(data, response.status_code, response.headers, retries)
 

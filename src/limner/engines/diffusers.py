@@ -77,11 +77,12 @@ from limner.engines.diffusers_options import DiffusersOptions, option_error, par
 from limner.engines.diffusers_previews import PreviewDecoder, preview_steps
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob, _JobBase
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
+from limner.extras import install_hint
 from limner.rules import MAX_IMAGES_PER_EDIT
 
 logger = logging.getLogger(__name__)
 
-EXTRA_HINT = "pip install 'limner[diffusers]'"
+EXTRA_HINT = install_hint("diffusers")
 #: dall-e-3's `style`, in OpenAI's own words for it, appended to the prompt (a text-to-image model's
 #: only handle on look): vivid "hyper-real and dramatic", natural "more natural, less hyper-real".
 STYLE_SUFFIX = {"vivid": ", vivid, hyper-real, dramatic", "natural": ", natural, realistic, understated"}

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from limner import rules
 from limner.engines.base import Engine
 from limner.errors import EngineUnavailable
+from limner.extras import install_hint
 
 #: The engine key of the shared built-in engine.
 SKETCH = "sketch"
@@ -66,7 +67,7 @@ def _diffusers(name: str, options: Mapping[str, Any]) -> Engine:
         module = importlib.import_module("limner.engines.diffusers")
     except ImportError as exc:  # pragma: no cover - the module itself imports nothing heavy
         raise EngineUnavailable(
-            f"Model '{name}' needs the diffusers engine: pip install 'limner[diffusers]'"
+            f"Model '{name}' needs the diffusers engine: {install_hint('diffusers')}"
         ) from exc
     engine: Engine = module.create_engine(name, options)
     return engine

@@ -31,7 +31,13 @@ NATURAL_COLOURS: dict[str, RGB] = {
     "flower": (0.94, 0.42, 0.62),
     "mountain": (0.42, 0.46, 0.56),
     "star": (0.99, 0.86, 0.30),
+    "lighthouse": (0.82, 0.12, 0.12),  # its bands; the tower between them is white
+    "cat": (0.88, 0.52, 0.20),  # ginger: seen on a light ground and a night one alike
 }
+
+#: The sky of a night scene, and how far a night pulls the palette's sky and ground towards it.
+NIGHT_SKY: RGB = (0.04, 0.06, 0.18)
+NIGHT_PULL = 0.82
 
 
 def mix(a: RGB, b: RGB, t: float) -> RGB:
@@ -68,6 +74,20 @@ class Palette:
     dark: RGB  # outlines, doors, trunks
     #: True when the colours came from the prompt or the inputs: shapes then use no natural colours.
     named: bool
+
+
+def at_night(pal: Palette) -> Palette:
+    """The same palette after dark: sky and ground pulled towards a deep blue, the shapes' colours kept
+    (a lit window, a lighthouse's bands and the moon stay readable against the dark)."""
+    return Palette(
+        sky=mix(pal.sky, NIGHT_SKY, NIGHT_PULL),
+        sky2=mix(pal.sky2, shade(NIGHT_SKY, -0.5), NIGHT_PULL),
+        ground=mix(pal.ground, shade(NIGHT_SKY, -0.6), NIGHT_PULL),
+        inks=pal.inks,
+        light=pal.light,
+        dark=pal.dark,
+        named=pal.named,
+    )
 
 
 def guidance_strength(guidance: float | None) -> float:

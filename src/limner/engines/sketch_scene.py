@@ -3,7 +3,8 @@
 `plan_scene` makes every random choice (palette, layout, shapes, texture grids) in layout units
 (fractions of the width and height, sizes as fractions of the shorter side), so `render` can draw the
 same picture at any size: partial images are the same scene rendered small. A prompt that names a
-landscape shape (mountain, wave, tree, house, flower) gets a horizon; others get an abstract layout.
+landscape shape (mountain, wave, tree, house, flower, lighthouse, cat) gets a horizon; others get an
+abstract layout. A night word darkens the palette and adds a moon and stars.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -31,7 +33,9 @@ from limner.engines.sketch_draw import (
 from limner.engines.sketch_palette import (
     NATURAL_COLOURS,
     Palette,
+    at_night,
     build_palette,
+    mix,
     rotate_hue,
     shade,
 )
@@ -39,12 +43,16 @@ from limner.engines.sketch_words import RGB, PromptPlan
 
 Check = Callable[[], None]
 
-LANDSCAPE_KINDS = frozenset({"mountain", "wave", "tree", "house", "flower"})
-SKY_KINDS = frozenset({"sun", "moon", "cloud", "star"})
-GROUND_KINDS = frozenset({"tree", "house", "flower"})
+LANDSCAPE_KINDS = frozenset({"mountain", "wave", "tree", "house", "flower", "lighthouse", "cat"})
+SKY_KINDS = frozenset({"sun", "moon", "cloud", "star", "twinkle"})
+GROUND_KINDS = frozenset({"tree", "house", "flower", "lighthouse", "cat"})
 ABSTRACT_KINDS = ("circle", "square", "triangle", "ring", "blob", "stripe", "diamond", "hexagon")
 #: At most this many of one shape, however often the prompt names it.
-MAX_COPIES = {"sun": 1, "moon": 1, "mountain": 1, "wave": 1, "stripe": 3}
+MAX_COPIES = {"sun": 1, "moon": 1, "mountain": 1, "wave": 1, "stripe": 3, "lighthouse": 1}
+#: What a night dims (lit things, the moon and the stars keep their colours).
+NIGHT_DIMMED = frozenset({"mountain", "wave", "tree", "flower", "house", "cloud"})
+#: The colour of a night's stars.
+STARLIGHT: RGB = (1.0, 0.97, 0.84)
 #: The steps a job without num_inference_steps is taken to have.
 DEFAULT_STEPS = 20
 
@@ -124,7 +132,14 @@ def plan_scene(
     rng = make_rng(seed, plan.digest if digest is None else digest)
     level = LEVELS[detail]
     pal = palette if palette is not None else build_palette(plan.colours, plan.avoid_colours, guidance, rng)
-    kinds = [k for k, _ in plan.shapes]
+    shapes = list(plan.shapes)
+    kinds = [k for k, _ in shapes]
+    if "lighthouse" in kinds and "wave" not in kinds and "wave" not in plan.avoid_shapes:
+        shapes.append(("wave", 1))  # a lighthouse stands by the sea
+        kinds.append("wave")
+    if plan.night and not {"moon", "sun"} & set(kinds) and "moon" not in plan.avoid_shapes:
+        shapes.append(("moon", 1))
+        kinds.append("moon")
     landscape = any(k in LANDSCAPE_KINDS for k in kinds)
     horizon = float(rng.uniform(0.55, 0.72)) if landscape else None
     angle = math.pi / 2 + float(rng.uniform(-0.15, 0.15)) if landscape else float(rng.uniform(0, 2 * math.pi))
@@ -139,7 +154,6 @@ def plan_scene(
             return rotate_hue(NATURAL_COLOURS[kind], float(rng.uniform(-8, 8)))
         return pal.inks[int(rng.integers(0, len(pal.inks)))]
 
-    shapes = list(plan.shapes)
     bonus = level.extra_copies if extra_copies else 0
     if not shapes:  # no shape words: the digest picks abstract shapes, as many as the detail level says
         allowed = [k for k in ABSTRACT_KINDS if k not in plan.avoid_shapes] or ["circle"]
@@ -173,6 +187,35 @@ def plan_scene(
                 opacity=float(rng.uniform(0.6, 1.0)),
             )
         )
+
+    if plan.night:
+        # After every other choice, so a prompt without a night word keeps its picture.
+        pal = at_night(pal)
+        # The land and the sea dim with the sky; lights, the moon and what the prompt coloured do not.
+        items = [
+            replace(
+                it,
+                colour=shade(it.colour, -0.45),
+                colour2=it.colour2 if it.kind == "house" else shade(it.colour2, -0.45),  # lit windows
+            )
+            if it.kind in NIGHT_DIMMED and it.kind not in bound
+            else it
+            for it in items
+        ]
+        top = (horizon if horizon is not None else 1.0) - 0.08
+        for _ in range(10 + 6 * level.octaves):
+            items.append(
+                Item(
+                    "twinkle",
+                    float(rng.uniform(0, 1)),
+                    float(rng.uniform(0.01, top)),
+                    float(rng.uniform(0.005, 0.012)),
+                    STARLIGHT,
+                    STARLIGHT,
+                    angle=float(rng.uniform(0, math.pi)),
+                    opacity=float(rng.uniform(0.5, 1.0)),
+                )
+            )
 
     # Drawing order: sky, then mountains and water, then ground objects far to near, then the rest.
     def depth(it: Item) -> tuple[int, float]:
@@ -229,11 +272,20 @@ def _place(
             float(v) for _ in range(layers) for v in (u(0.01, 0.035), u(1.5, 5.0), u(0, 2 * math.pi))
         )
         return Item(kind, 0.5, horizon, 1.0, colour, shade(colour, -0.45), params=params)
+    if kind == "lighthouse" and horizon is not None:
+        # Tall (its tower is 1.6 sizes high): near the horizon, where the whole tower fits.
+        y = horizon + float(u(0.08, 0.3)) * (1.0 - horizon)
+        colours = ((0.96, 0.95, 0.92), colour) if natural else (colour, pal.light)
+        return Item(
+            kind, float(u(0.2, 0.8)), y, float(u(0.26, 0.32)), colours[0], colours[1], params=(float(u()),)
+        )
     if kind in GROUND_KINDS and horizon is not None:
         y = horizon + float(u(0.0, (1.0 - horizon) * 0.75))
         far = (y - horizon) / max(1e-6, 1.0 - horizon)  # 0 at the horizon, 1 at the bottom
         size = float(u(0.24, 0.38)) * (0.6 + 0.8 * far) * (1.4 if first else 1.0)
-        if kind == "tree":
+        if kind == "cat":
+            second = (0.62, 0.86, 0.30) if natural else pal.light  # its eyes
+        elif kind == "tree":
             second = NATURAL_COLOURS["trunk"] if natural else pal.dark
         elif kind == "flower":
             second = NATURAL_COLOURS["tree"] if natural else pal.dark
@@ -551,6 +603,10 @@ def _draw_ground_object(canvas: Canvas, item: Item, scene: Scene, opacity: float
         )
         win_x = -0.17 if p[1] < 0.5 else 0.17
         at(win_x, -0.3, 0.08, lambda x, y: sd_box(x, y, s * 0.07, s * 0.06), item.colour2, 0.1, solid=True)
+    elif item.kind == "lighthouse":
+        _draw_lighthouse(at, item, scene, s)
+    elif item.kind == "cat":
+        _draw_cat(at, item, scene, s)
     else:  # flower
         lean = s * 0.05 * (p[0] - 0.5)
         stem_w = max(0.7, s * 0.025)
@@ -581,11 +637,83 @@ def _draw_ground_object(canvas: Canvas, item: Item, scene: Scene, opacity: float
         at(hx, -0.72, 0.08, lambda x, y: sd_circle(x, y, s * 0.07), scene.palette.light, 0.07, solid=True)
 
 
+class _At(Protocol):
+    """Paints one part of a ground object at (dx, dy) sizes from its base (see _draw_ground_object)."""
+
+    def __call__(
+        self,
+        dx: float,
+        dy: float,
+        reach: float,
+        field: Field,
+        colour: RGB,
+        r: float,
+        *,
+        reach_y: float | None = None,
+        solid: bool = False,
+    ) -> None: ...
+
+
+def _polygon(points: list[tuple[float, float]]) -> Field:
+    return lambda x, y: sd_polygon(x, y, points)
+
+
+def _draw_lighthouse(at: _At, item: Item, scene: Scene, s: float) -> None:
+    """A tapered white tower with two bands on a rock, a lit lantern, a roof and its beams."""
+    rock = shade(scene.palette.ground, -0.35)
+    at(0.0, -0.02, 0.36, lambda x, y: sd_box(x, y, s * 0.34, s * 0.07, s * 0.06), rock, 0.3, reach_y=0.08)
+    bottom, top, half_bottom, half_top = 0.0, -1.3, 0.17, 0.1
+
+    def band(y0: float, y1: float) -> Field:
+        def half(y: float) -> float:
+            return half_bottom + (half_top - half_bottom) * (y - bottom) / (top - bottom)
+
+        return _polygon(
+            [(-half(y0) * s, y0 * s), (half(y0) * s, y0 * s), (half(y1) * s, y1 * s), (-half(y1) * s, y1 * s)]
+        )
+
+    at(0.0, 0.0, 0.2, band(bottom, top), item.colour, 0.2, reach_y=1.35)
+    for y0, y1 in ((-0.3, -0.55), (-0.8, -1.05)):
+        at(0.0, 0.0, 0.2, band(y0, y1), item.colour2, 0.2, reach_y=1.35, solid=True)
+    glow = (1.0, 0.88, 0.45)
+    beam = mix(glow, scene.palette.sky, 0.45)  # pale: light thrown across the sky
+    for side in (1.0, -1.0):
+        ray = [(0.0, -s * 0.04), (side * s * 1.4, -s * 0.16), (side * s * 1.4, s * 0.1)]
+        at(0.0, -1.42, 1.45, _polygon(ray), beam, 0.1, reach_y=0.25, solid=True)
+    gallery: Field = lambda x, y: sd_box(x, y, s * 0.15, s * 0.03)  # noqa: E731
+    at(0.0, -1.33, 0.16, gallery, scene.palette.dark, 0.1, reach_y=0.04, solid=True)
+    at(0.0, -1.43, 0.1, lambda x, y: sd_box(x, y, s * 0.08, s * 0.08), glow, 0.1, solid=True)
+    roof = [(-s * 0.12, s * 0.05), (s * 0.12, s * 0.05), (0.0, -s * 0.12)]
+    at(0.0, -1.56, 0.14, _polygon(roof), item.colour2, 0.1, reach_y=0.14)
+
+
+def _draw_cat(at: _At, item: Item, scene: Scene, s: float) -> None:
+    """A sitting cat seen from the front: body, head, two ears and a curled tail, with two eyes."""
+    f32 = np.float32
+    flip = 1.0 if item.params[0] < 0.5 else -1.0
+    ears = [
+        [(side * s * 0.15, -s * 0.58), (side * s * 0.03, -s * 0.68), (side * s * 0.14, -s * 0.84)]
+        for side in (-1.0, 1.0)
+    ]
+
+    def cat(x: F32, y: F32) -> F32:
+        d = sd_box(x, y + f32(s * 0.22), s * 0.19, s * 0.22, s * 0.17)  # the body
+        d = np.minimum(d, sd_circle(x, y + f32(s * 0.58), s * 0.16))  # the head
+        for ear in ears:
+            d = np.minimum(d, sd_polygon(x, y, ear))
+        tail = sd_segment(x, y, flip * s * 0.12, -s * 0.04, flip * s * 0.36, -s * 0.3, s * 0.04)
+        return np.minimum(d, tail)
+
+    at(0.0, 0.0, 0.42, cat, item.colour, 0.3, reach_y=0.9)
+    for side in (-1.0, 1.0):
+        at(side * 0.06, -0.6, 0.04, lambda x, y: sd_circle(x, y, s * 0.028), item.colour2, 0.03, solid=True)
+
+
 def _draw_mark(canvas: Canvas, item: Item, scene: Scene, opacity: float) -> None:
     cx, cy, r = _centre(canvas, item)
     if item.kind == "dot":
         field: Field = lambda x, y: sd_circle(x, y, r * 0.6)  # noqa: E731
-    elif item.kind == "sparkle":
+    elif item.kind in ("sparkle", "twinkle"):
         field = lambda x, y: sd_star(x, y, r * 1.5, 4, 3.5, item.angle)  # noqa: E731
     else:
         dx, dy = math.cos(item.angle) * r, math.sin(item.angle) * r
@@ -614,6 +742,6 @@ _DRAW: dict[str, Callable[[Canvas, Item, Scene, float], None]] = {
     "stripe": _draw_stripe,
     "mountain": _draw_ridge,
     "wave": _draw_ridge,
-    **dict.fromkeys(("tree", "house", "flower"), _draw_ground_object),
-    **dict.fromkeys(("dot", "sparkle", "dash"), _draw_mark),
+    **dict.fromkeys(("tree", "house", "flower", "lighthouse", "cat"), _draw_ground_object),
+    **dict.fromkeys(("dot", "sparkle", "dash", "twinkle"), _draw_mark),
 }

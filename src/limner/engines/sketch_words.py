@@ -1,4 +1,5 @@
-"""How the sketch engine reads a prompt: colour words, shape words, and a digest of every word.
+"""How the sketch engine reads a prompt: colour words, shape words, night words, and a digest of every
+word.
 
 A prompt is lower-cased and split into words. Colour words (``COLOURS``) pick the palette, shape words
 (``SHAPES``) pick what is drawn, a colour word up to two words before a shape word also colours that
@@ -96,7 +97,15 @@ SHAPES: dict[str, str] = {
     **dict.fromkeys(("diamond", "gem", "rhombus"), "diamond"),
     **dict.fromkeys(("hexagon", "honeycomb"), "hexagon"),
     **dict.fromkeys(("stripe", "line", "stripes", "lines"), "stripe"),
+    **dict.fromkeys(("lighthouse", "beacon"), "lighthouse"),
+    **dict.fromkeys(("cat", "kitten", "kitty", "kittens"), "cat"),
 }
+
+#: Shape words that stand for several of their shape ("a forest" is many trees, not one).
+MANY: dict[str, int] = {"forest": 5, "woods": 5, "village": 3, "garden": 4, "starry": 6}
+
+#: Words that make the scene a night scene: a dark sky and ground, a moon and stars.
+NIGHT_WORDS = frozenset({"night", "midnight", "nighttime", "nightfall", "moonlit", "starlit", "tonight"})
 
 #: Every shape the scene renderer knows.
 SHAPE_KINDS: frozenset[str] = frozenset(SHAPES.values())
@@ -136,6 +145,8 @@ class PromptPlan:
     #: Colours bound to shapes by the words ("a red sun over blue mountains": sun red, mountain blue).
     #: A bound colour paints its shape, and still counts in `colours` (the palette) like any colour word.
     shape_colours: tuple[tuple[str, RGB], ...] = ()
+    #: A night word was used (and not negated): the scene is darkened and gets a moon and stars.
+    night: bool = False
 
 
 def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
@@ -152,7 +163,7 @@ def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
         shape = _lookup(w, SHAPES)
         if shape and SHAPES[shape] not in neg_shapes:
             kind = SHAPES[shape]
-            shape_counts[kind] += 1
+            shape_counts[kind] += MANY.get(shape, 1)
             # A colour word binds to a shape word up to two words after it ("red sun", "red round sun").
             if pending is not None and i - pending[1] <= 2 and kind not in bound:
                 bound[kind] = pending[0]
@@ -173,4 +184,5 @@ def read_prompt(prompt: str, negative_prompt: str | None = None) -> PromptPlan:
         avoid_shapes=frozenset(neg_shapes),
         digest=hashlib.sha256(text.encode()).digest(),
         shape_colours=tuple((kind, COLOURS[c]) for kind, c in bound.items()),
+        night=any(w in NIGHT_WORDS for w in words) and not any(w in NIGHT_WORDS for w in negative),
     )

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from limner.extras import install_hint
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limner_jobs (
     id TEXT PRIMARY KEY,
@@ -106,7 +108,7 @@ class JobStore:
             try:
                 import psycopg
             except ImportError as exc:
-                raise ValueError("jobs_url needs psycopg: pip install 'limner[postgres]'") from exc
+                raise ValueError(f"jobs_url needs psycopg: {install_hint('postgres')}") from exc
             self.kind = "postgresql"
             self._psycopg: Any = psycopg
         else:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from limner.extras import install_hint
 from limner.server.keys import KeyDatabaseError, KeyRecord, KeyStore, new_key
 
 _SCHEMA = """
@@ -40,7 +41,7 @@ class PostgresKeyStore(KeyStore):
             import psycopg
         except ImportError as exc:
             raise ValueError(
-                "keys_url = \"postgresql://...\" needs psycopg: pip install 'limner[postgres]'"
+                f'keys_url = "postgresql://..." needs psycopg: {install_hint("postgres")}'
             ) from exc
         self._psycopg = psycopg
         self.url = url

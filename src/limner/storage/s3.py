@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from limner.extras import install_hint
 from limner.storage.files import LinkError, SignedStore, StoredImage
 
 log = logging.getLogger("limner.storage")
@@ -42,7 +43,7 @@ class S3ImageStore(SignedStore):
             try:
                 import boto3
             except ImportError as exc:
-                raise ValueError("[storage] kind = \"s3\" needs boto3: pip install 'limner[s3]'") from exc
+                raise ValueError(f'[storage] kind = "s3" needs boto3: {install_hint("s3")}') from exc
             # Credentials come from the usual AWS environment (variables, profile, instance role).
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
         self.client = client
