@@ -17,11 +17,29 @@ Ray is imported only here, and only by `limner serve --ray` (the `[ray]` extra).
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from limner.server.settings import Settings
+
+log = logging.getLogger("limner.server")
+
+#: Ray Serve's proxy calls this (named by RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH) for the
+#: middlewares it runs before its own: limner's request id (see proxy_middlewares).
+PROXY_CALLBACK = "limner.ray_app:proxy_middlewares"
+
+
+def proxy_middlewares() -> list[Any]:
+    """The proxy's middlewares: limner's `req_` request ids instead of Ray's UUIDs."""
+    from starlette.middleware import Middleware
+
+    from limner.server.middleware import ProxyRequestId
+
+    return [Middleware(ProxyRequestId)]
 
 
 @dataclass
@@ -96,23 +114,59 @@ def application(settings: Settings, options: RayOptions) -> Any:
 
 
 def run(settings: Settings, options: RayOptions, *, blocking: bool = True) -> None:
-    """Connect to a Ray cluster (or start a local one), deploy limner, and serve on host:port."""
+    """Connect to a Ray cluster (or start a local one), deploy limner, say so in limner's start-up block
+    once the application answers, and (blocking) serve until SIGTERM or SIGINT: then Ray Serve stops
+    the replicas gracefully (each finishes what it runs; what is queued stays in the job store)."""
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # A local instance's proxy inherits this (a cluster sets it in its own environment: deploy/).
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     # Ray Serve kills a proxy that is not ready within 5 s, or misses health checks for 10 s: too
     # short on a small busy machine, where its processes start slowly. A local instance inherits these
     # from here; a cluster reads them from its own environment.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_START_SECONDS))
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "120")
     _patient_proxy_start()
+    # Ray's own INFO lines (a local instance started, Serve started, "new http_options will not be
+    # applied" when serve.run meets the proxy serve.start made with them) are noise next to limner's
+    # block; its warnings and errors still show.
+    quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    # Ray's notice that a local instance has token authentication on (as it should) reads like a
+    # problem and suggests turning it off; the warning for the opposite case still shows.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: not record.getMessage().startswith("Token authentication is enabled")
+    )
     if options.address:
-        ray.init(address=options.address, log_to_driver=False)
+        ray.init(address=options.address, **quiet)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, **quiet)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(application(settings, options), name="limner", route_prefix="/", blocking=blocking)
+    serve.run(application(settings, options), name="limner", route_prefix="/", blocking=False)
+    from limner.server import banner
+
+    for line in banner.ray_lines(settings, options):
+        log.info("%s", line)
+    if blocking:
+        _serve_until_stopped(serve, ray)
+
+
+def _serve_until_stopped(serve: Any, ray: Any) -> None:
+    """Wait for SIGTERM or SIGINT, then stop Serve and Ray. The handlers replace the ones Ray's core
+    installs in this process, which print a stack dump for a signal that is an ordinary stop."""
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: replicas finish what they run; queued jobs stay in the job store for the next start")
+    # limner's application only (a cluster may serve others): its replicas stop gracefully, each
+    # app's own shutdown runs. Then the local instance this process started, if any, stops with it.
+    serve.delete("limner")
+    ray.shutdown()
+    log.info("limner serve: stopped")
 
 
 #: How long `serve.start` waits for Ray Serve's HTTP proxy to come up. Ray's own 60 s is too short on a

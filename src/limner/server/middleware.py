@@ -44,7 +44,7 @@ class RequestContextMiddleware:
             given = next(
                 (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), None
             )
-        request_id = given or "req_" + secrets.token_hex(16)
+        request_id = given or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
 
@@ -63,6 +63,27 @@ class RequestContextMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def new_request_id() -> str:
+    """limner's request id form, `req_` and 32 hex digits (a proxy in front uses it too: ProxyRequestId)."""
+    return "req_" + secrets.token_hex(16)
+
+
+class ProxyRequestId:
+    """For a proxy in front of limner (Ray Serve's): gives a request without x-request-id limner's own,
+    before the proxy makes one of its own form, so a response carries one id in one format."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not any(k == b"x-request-id" for k, _ in scope.get("headers", [])):
+            scope = {
+                **scope,
+                "headers": [*scope.get("headers", []), (b"x-request-id", new_request_id().encode())],
+            }
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
