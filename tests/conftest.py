@@ -14,6 +14,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One throw-away PostgreSQL cluster for the session (tests take a fresh database in it each)."""
+    from tests.support.postgres import binaries, throwaway_cluster
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]'")
+    with throwaway_cluster() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One real `limner serve` on 127.0.0.1 with the default config and no keys, shared by tests."""
     with start_server(tmp_path_factory.mktemp("limner-data")) as running:
@@ -28,9 +40,7 @@ def _require_diffusers() -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            pytest.skip(
-                f"{name} is not importable ({exc}); install the extra: pip install -e '.[diffusers]'"
-            )
+            pytest.skip(f"{name} is not importable ({exc}); install the extra: pip install -e '.[diffusers]'")
 
 
 @pytest.fixture(autouse=True)

@@ -101,7 +101,9 @@ def test_install_commands_name_extras_that_exist() -> None:
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     assert "limner[" not in README  # limner is not on PyPI: every install is of this folder
     named = {
-        name for group in re.findall(r"pip install -e '\.\[([a-z0-9,]+)\]'", README) for name in group.split(",")
+        name
+        for group in re.findall(r"pip install -e '\.\[([a-z0-9,]+)\]'", README)
+        for name in group.split(",")
     }
     table = set(re.findall(r"^\| `([a-z0-9]+)` \|", section("Set-up: two commands"), flags=re.M))
     assert named <= extras and table == extras

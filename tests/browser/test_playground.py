@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from limner.server.keys import KeyStore
+from limner.stores.keys import SqliteKeyStore
 from tests.support.images import gradient, png_bytes
 from tests.support.server import RunningServer, start_server
 
@@ -233,7 +233,7 @@ def test_phone_width_and_keyboard(browser: Any, ui_server: RunningServer, shots:
 
 def test_a_server_that_needs_a_key_points_at_the_key_field(browser: Any, tmp_path: Path, shots: Path) -> None:
     data = tmp_path / "keyed"
-    _, key = KeyStore(data / "keys.sqlite3").create("ui")
+    _, key = SqliteKeyStore(data / "keys.sqlite3").create("ui")
     with start_server(data) as server:
         context = browser.new_context()
         p = context.new_page()

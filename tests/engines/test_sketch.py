@@ -676,7 +676,11 @@ def test_a_cat_is_drawn_with_ears_and_eyes(seed: int) -> None:
 
 
 def test_a_forest_is_many_trees() -> None:
-    for prompt, kind, least in (("a forest", "tree", 5), ("a village", "house", 3), ("a garden", "flower", 4)):
+    for prompt, kind, least in (
+        ("a forest", "tree", 5),
+        ("a village", "house", 3),
+        ("a garden", "flower", 4),
+    ):
         scene = plan_scene(read_prompt(prompt), 3, aspect=1.0, detail="low")
         assert sum(item.kind == kind for item in scene.items) >= least, prompt
 

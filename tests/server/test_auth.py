@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from limner.server.app import create_app
-from limner.server.keys import KeyDatabaseError, KeyStore
 from limner.server.settings import Settings
-from limner.storage.files import SecretError, load_secret
+from limner.stores.keys import KeyDatabaseError, SqliteKeyStore
+from limner.stores.secret import SecretError, load_secret
 from tests.support.inprocess import app_client
 
 
@@ -23,8 +23,8 @@ def settings(data_dir: Path, **fields: object) -> Settings:
     return Settings(data_dir=data_dir, **fields)  # type: ignore[arg-type]
 
 
-def keys(data_dir: Path) -> KeyStore:
-    return KeyStore(data_dir / "keys.sqlite3")
+def keys(data_dir: Path) -> SqliteKeyStore:
+    return SqliteKeyStore(data_dir / "keys.sqlite3")
 
 
 async def models_status(data_dir: Path, token: str | None = None, **fields: object) -> tuple[int, dict]:

@@ -21,8 +21,8 @@ import httpx2
 import openai
 import pytest
 
-from limner.server.keys import KeyStore
 from limner.server.settings import Settings
+from limner.stores.keys import SqliteKeyStore
 from limner.types import ImageJobList
 from tests.support.engines import GateEngine
 from tests.support.images import gradient, png_bytes
@@ -255,7 +255,7 @@ async def test_cancel_while_queued_or_running(tmp_path: Path, when: str) -> None
 
 
 async def test_another_key_gets_404(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     (_, alice), (_, bob) = store.create("alice"), store.create("bob")
     engine = GateEngine()
     engine.open()

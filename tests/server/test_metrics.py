@@ -12,8 +12,8 @@ from typing import Any
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from limner.server.keys import KeyStore
 from limner.server.settings import ModelConfig, Settings
+from limner.stores.keys import SqliteKeyStore
 from tests.support.engines import GateEngine
 from tests.support.inprocess import app_client
 from tests.support.server import start_server
@@ -94,7 +94,7 @@ async def test_a_429_and_a_cancellation_are_counted(tmp_path: Path) -> None:
 async def test_metrics_can_be_off_or_behind_the_key(tmp_path: Path) -> None:
     async with app_client(Settings(data_dir=tmp_path / "off", metrics=False)) as client:
         assert (await client.get("/metrics")).status_code == 404
-    _, key = KeyStore(tmp_path / "keyed" / "keys.sqlite3").create()
+    _, key = SqliteKeyStore(tmp_path / "keyed" / "keys.sqlite3").create()
     settings = Settings(data_dir=tmp_path / "keyed", metrics_require_key=True, metrics_per_key=True)
     async with app_client(settings) as client:
         assert (await client.get("/metrics")).status_code == 401
@@ -102,7 +102,7 @@ async def test_metrics_can_be_off_or_behind_the_key(tmp_path: Path) -> None:
         await client.get("/v1/models", headers=auth)
         response = await client.get("/metrics", headers=auth)
         assert response.status_code == 200
-        key_id = KeyStore(tmp_path / "keyed" / "keys.sqlite3").list()[0].id
+        key_id = SqliteKeyStore(tmp_path / "keyed" / "keys.sqlite3").list()[0].id
         assert f'key="{key_id}"' in response.text and key not in response.text
 
 

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from limner.server.app import create_app
-from limner.server.keys import KeyStore
 from limner.server.settings import ModelConfig, Settings
+from limner.stores.keys import SqliteKeyStore
 from tests.support.engines import GateEngine, colour_of
 from tests.support.inprocess import app_client
 
@@ -196,7 +196,7 @@ async def test_a_batch_everyone_left_stops(tmp_path: Path) -> None:
 
 
 async def test_one_key_with_many_jobs_delays_another_by_at_most_one_batch(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     (_, alice), (_, bob) = store.create("alice"), store.create("bob")
     engine = GateEngine(batches=False)
     async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:

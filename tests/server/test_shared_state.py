@@ -11,39 +11,19 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from limner.server.app import create_app
-from limner.server.keys import KeyDatabaseError, open_key_store
 from limner.server.settings import Settings
+from limner.stores.keys import KeyDatabaseError, open_key_store
 from tests.support.engines import GateEngine
 from tests.support.inprocess import app_client
-from tests.support.postgres import binaries, throwaway_cluster
+from tests.support.postgres import fresh_database
 
 GENERATIONS = "/v1/images/generations"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    if binaries() is None:
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
-    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]'")
-    with throwaway_cluster() as url:
-        yield url
-
-
-def fresh_database(url: str) -> str:
-    """A database of its own for one test, in the shared cluster."""
-    import psycopg
-
-    name = f"t{time.time_ns()}"
-    with psycopg.connect(url, autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -154,8 +134,8 @@ def test_replicas_starting_together_create_the_schema_once(postgres: str) -> Non
     """CREATE TABLE IF NOT EXISTS races in PostgreSQL; limner's stores take a lock around it."""
     import threading
 
-    from limner.jobs.store import JobStore
-    from limner.server.keys_postgres import PostgresKeyStore
+    from limner.stores.jobs.postgres import PostgresJobStore
+    from limner.stores.keys.postgres import PostgresKeyStore
 
     url = fresh_database(postgres)
     errors: list[str] = []
@@ -163,7 +143,7 @@ def test_replicas_starting_together_create_the_schema_once(postgres: str) -> Non
     def start() -> None:
         try:
             assert PostgresKeyStore(url).check() is None
-            JobStore(url)
+            PostgresJobStore(url)
         except Exception as exc:  # collected: a thread's failure must fail the test
             errors.append(repr(exc))
 

@@ -76,3 +76,15 @@ def throwaway_cluster() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(url: str) -> str:
+    """A database of its own for one test, in a shared cluster (its URL)."""
+    import time
+
+    import psycopg
+
+    name = f"t{time.time_ns()}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name

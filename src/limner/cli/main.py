@@ -13,7 +13,7 @@ import typer
 from limner import __version__
 
 if TYPE_CHECKING:
-    from limner.server.keys import KeyStore
+    from limner.stores.keys import KeyStore
 
 T = TypeVar("T")
 
@@ -138,9 +138,9 @@ def serve(
     from limner.errors import EngineUnavailable
     from limner.server import logs
     from limner.server.app import create_app
-    from limner.server.keys import KeyDatabaseError
     from limner.server.settings import Settings
-    from limner.storage.files import SecretError
+    from limner.stores.keys import KeyDatabaseError
+    from limner.stores.secret import SecretError
 
     logs.configure(log_level, "json" if log_format == "json" else "text")
     try:
@@ -214,7 +214,7 @@ KeysUrl = Annotated[
 
 def _key_action(action: Callable[[KeyStore], T], data_dir: Path | None, keys_url: str | None) -> T:
     """Run a key-store action; a database that cannot be used is one line on stderr and exit 1."""
-    from limner.server.keys import KeyDatabaseError, open_key_store
+    from limner.stores.keys import KeyDatabaseError, open_key_store
 
     try:
         return action(open_key_store(_data_dir(data_dir), keys_url))

@@ -34,10 +34,10 @@ from PIL import Image
 from limner import imaging
 from limner.engines.jobs import JobContext
 from limner.errors import InvalidRequest, JobCancelled, LimnerError, NotFound
-from limner.jobs.store import ENDED, JobRecord, JobStore
 from limner.scheduler import Scheduler, Ticket
 from limner.server import service
 from limner.server.errors import server_error
+from limner.stores.jobs import ENDED, JobRecord, JobStore
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

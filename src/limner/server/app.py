@@ -16,22 +16,22 @@ from limner import __version__
 from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
 from limner.jobs.manager import JobManager
-from limner.jobs.store import JobStore
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Scheduler
 from limner.server import banner, errors, openapi
-from limner.server.auth import KeyGuard, create_key_command, require_key
-from limner.server.keys import open_key_store
+from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
 from limner.server.settings import Settings
-from limner.storage import SignedStore, open_image_store
-from limner.storage.files import load_secret
+from limner.stores.images import ImageStore, open_image_store
+from limner.stores.jobs import JobStore, open_job_store
+from limner.stores.keys import open_key_store
+from limner.stores.secret import load_secret
 
 log = logging.getLogger("limner.server")
 
 
-async def _sweep_forever(store: SignedStore, jobs: JobStore, interval: float) -> None:
+async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> None:
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
@@ -103,7 +103,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
                 metrics.model_state(name, loaded=registry.engines[served.engine_key].loaded)
         scheduler.start()
         await manager.recover()  # jobs a crash interrupted run again before anything new
-        create_key = create_key_command(key_guard.store)
+        create_key = key_guard.store.create_command
         for line in banner.startup_lines(settings, registry, startup_hashes, create_key=create_key):
             log.info("%s", line)
         for warning in banner.startup_warnings(settings, startup_hashes):
@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.scheduler = scheduler
     app.state.store = store
     app.state.key_guard = key_guard
-    job_store = JobStore(settings.jobs_url or data_dir / "jobs.sqlite3")
+    job_store = open_job_store(data_dir, settings.jobs_url)
     manager = JobManager(app, job_store)
     app.state.jobs = manager
     app.state.metrics = metrics

@@ -1,7 +1,7 @@
 """Bearer-key auth for /v1, failing closed.
 
 The mode is explicit: `auth = "keys"` or `"none"` (config or `--auth`). Unset, it follows the data dir:
-keys are required once any key has ever been created there (limner.server.keys records that), so
+keys are required once any key has ever been created there (the key store records that), so
 revoking every key, or deleting the database, closes the server rather than opening it.
 
 Key look-ups never run on the event loop: the active hashes are cached for a second and refreshed in a
@@ -21,7 +21,7 @@ from typing import Literal
 from fastapi import Request
 
 from limner.errors import AuthenticationFailed, ServiceUnavailable
-from limner.server.keys import KeyDatabaseError, KeyStore
+from limner.stores.keys import KeyDatabaseError, KeyStore
 
 log = logging.getLogger("limner.server")
 
@@ -52,7 +52,7 @@ class KeyGuard:
                 # Nobody could ever be let in: at start-up a one-line refusal, while serving a 503.
                 raise KeyDatabaseError(
                     f'auth = "keys" but there is no key database at {self.store.where}: create a key '
-                    f"first with `{create_key_command(self.store)}`"
+                    f"first with `{self.store.create_command}`"
                 )
             return {}  # keys required, none active: every call is refused
         return hashes
@@ -85,13 +85,6 @@ class KeyGuard:
                 raise ServiceUnavailable(UNAVAILABLE) from None
             self._cached = (time.monotonic(), result)
             return result
-
-
-def create_key_command(store: KeyStore) -> str:
-    """The command that creates a key in this store, for messages to the operator."""
-    if store.kind == "sqlite":
-        return f"limner keys create --name NAME --data-dir {store.path.parent}"
-    return f"limner keys create --name NAME --keys-url {store.where}"
 
 
 async def require_key(request: Request) -> None:

@@ -24,7 +24,7 @@ from limner.scheduler import Scheduler, Ticket
 from limner.server.errors import for_log, log, server_error
 from limner.server.links import base_url
 from limner.server.metrics import Metrics
-from limner.storage import SignedStore
+from limner.stores.images import ImageStore
 
 StreamKind = Literal["image_generation", "image_edit"]
 
@@ -172,7 +172,7 @@ async def run_to_body(request: Request, work: Work) -> JSONResponse:
 
 
 def images_body(
-    work: Work, encoded: list[bytes], *, store: SignedStore, base: str, metrics: Metrics | None
+    work: Work, encoded: list[bytes], *, store: ImageStore, base: str, metrics: Metrics | None
 ) -> dict[str, Any]:
     """The ImagesResponse for encoded images (stored behind links in url mode)."""
     resolved = work.resolved

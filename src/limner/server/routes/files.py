@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from limner.server.errors import envelope
-from limner.storage import LinkError, SignedStore
+from limner.stores.images import ImageStore, LinkError
 
 router = APIRouter(tags=["Files"])
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["Files"])
 @router.get("/files/{name}", operation_id="getImageFile")
 @router.head("/files/{name}", operation_id="headImageFile")
 async def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> Response:
-    store: SignedStore = request.app.state.store
+    store: ImageStore = request.app.state.store
     try:
         image = await asyncio.to_thread(store.fetch, name, expires, sig)
     except LinkError as exc:

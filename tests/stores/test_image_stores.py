@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from limner.server.settings import Settings, StorageConfig
-from limner.storage import ImageStore, LinkError, SignedStore
+from limner.stores.images import DirectoryImageStore, ImageStore, LinkError
 from tests.support.images import gradient, png_bytes
 from tests.support.inprocess import app_client
 
@@ -63,13 +63,13 @@ def _bucket(endpoint: str, name: str) -> None:
 
 
 @pytest.fixture(params=["files", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> SignedStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
     if request.param == "files":
-        return ImageStore(tmp_path / "images", SECRET, ttl_seconds=60)
+        return DirectoryImageStore(tmp_path / "images", SECRET, ttl_seconds=60)
     endpoint = request.getfixturevalue("s3_endpoint")
     bucket = f"limner-{time.time_ns()}"
     _bucket(endpoint, bucket)
-    from limner.storage.s3 import S3ImageStore
+    from limner.stores.images.s3 import S3ImageStore
 
     return S3ImageStore(bucket=bucket, prefix="images/", endpoint_url=endpoint, secret=SECRET, ttl_seconds=60)
 
@@ -80,7 +80,7 @@ def _parts(link: str) -> tuple[str, str, str]:
     return url.path.rsplit("/", 1)[-1], query["expires"][0], query["sig"][0]
 
 
-def test_store_and_serve(store: SignedStore) -> None:
+def test_store_and_serve(store: ImageStore) -> None:
     data = png_bytes(gradient(32, 32))
     name, expires, sig = _parts(store.save(data, "png"))
     image = store.fetch(name, expires, sig)
@@ -89,7 +89,7 @@ def test_store_and_serve(store: SignedStore) -> None:
     assert store.check() is None
 
 
-def test_forged_and_expired_links_are_refused(store: SignedStore) -> None:
+def test_forged_and_expired_links_are_refused(store: ImageStore) -> None:
     name, expires, sig = _parts(store.save(b"jpeg bytes", "jpeg"))
     for bad in (
         (name, expires, "0" * 64),
@@ -104,7 +104,7 @@ def test_forged_and_expired_links_are_refused(store: SignedStore) -> None:
     assert info.value.status_code == 410
 
 
-def test_sweep_removes_only_expired_images(store: SignedStore) -> None:
+def test_sweep_removes_only_expired_images(store: ImageStore) -> None:
     old = _parts(store.save(b"old", "webp", now=time.time() - 3600))
     new = _parts(store.save(b"new", "webp"))
     assert store.sweep() == 1
@@ -115,7 +115,7 @@ def test_sweep_removes_only_expired_images(store: SignedStore) -> None:
 
 
 def test_presigned_urls_expire_with_the_link(s3_endpoint: str) -> None:
-    from limner.storage.s3 import S3ImageStore
+    from limner.stores.images.s3 import S3ImageStore
 
     _bucket(s3_endpoint, "presigned")
     store = S3ImageStore(

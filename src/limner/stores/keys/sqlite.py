@@ -1,7 +1,4 @@
-"""API keys in SQLite under the data dir (the embedded default). Stored hashed, compared in constant time.
-
-Keys are 256-bit random tokens, so a plain SHA-256 is the right hash (no password stretching needed):
-the database alone never reveals a usable key.
+"""API keys in SQLite under the data dir (the embedded default); see base.py for the contract.
 
 Failing closed: creating the first key also writes a marker file beside the database
 (``auth-required``). From then on the data dir requires keys, whatever happens to the database: with
@@ -12,16 +9,15 @@ read-write without create, so a deleted file is never silently replaced by an em
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from limner.stores.keys.base import KeyDatabaseError, KeyRecord, KeyStore, new_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -38,46 +34,8 @@ CREATE TABLE IF NOT EXISTS keys (
 MARKER_NAME = "auth-required"
 
 
-class KeyDatabaseError(Exception):
-    """The key database cannot be used (missing, corrupt, locked, unreadable, full). The message names
-    the file and says why, for the operator; clients only ever see a generic 503."""
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    id: str
-    name: str
-    hint: str
-    created_at: int
-    revoked_at: int | None
-
-
-def _hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key(name: str) -> tuple[KeyRecord, str, str]:
-    """A new key: its record, the secret itself (shown once, never stored) and the secret's hash."""
-    secret = "lim-" + secrets.token_urlsafe(32)
-    record = KeyRecord(
-        "key_" + secrets.token_hex(8), name, secret[:8] + "..." + secret[-4:], int(time.time()), None
-    )
-    return record, secret, _hash(secret)
-
-
-def open_key_store(data_dir: Path, url: str | None = None) -> KeyStore:
-    """SQLite under the data dir (the default), or PostgreSQL when `url` (keys_url) names one."""
-    if url:
-        if not url.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"keys_url must be a postgresql:// URL, not {url.split(':')[0]}:...")
-        from limner.server.keys_postgres import PostgresKeyStore
-
-        return PostgresKeyStore(url)
-    return KeyStore(data_dir / "keys.sqlite3")
-
-
-class KeyStore:
-    """The SQLite key store (see the module docstring); PostgresKeyStore keeps the same contract."""
+class SqliteKeyStore(KeyStore):
+    """Keys in a SQLite file, with the `auth-required` marker beside it (see the module docstring)."""
 
     kind = "sqlite"
 
@@ -94,13 +52,15 @@ class KeyStore:
         return self.marker.exists()
 
     def exists(self) -> bool:
-        """Whether there is a key database at all (`auth = "keys"` without one cannot serve anyone)."""
         return self.path.exists()
 
     @property
     def where(self) -> str:
-        """The database, for messages to the operator."""
         return str(self.path)
+
+    @property
+    def create_command(self) -> str:
+        return f"limner keys create --name NAME --data-dir {self.path.parent}"
 
     @contextmanager
     def _connect(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
@@ -183,22 +143,3 @@ class KeyStore:
                     return None
             self._mark_required()
         return self.active_hashes()
-
-    def check(self) -> str | None:
-        """None when the keys can be read (or none are needed), else why not (for /health)."""
-        try:
-            self.snapshot()
-        except KeyDatabaseError as exc:
-            return str(exc)
-        return None
-
-    @staticmethod
-    def matches(key: str, hashes: Mapping[str, str]) -> str | None:
-        """The id of the key, or None. Every active hash is compared, in constant time: no early exit
-        that leaks which matched."""
-        digest = _hash(key)
-        found: str | None = None
-        for stored, key_id in hashes.items():
-            if hmac.compare_digest(stored, digest):
-                found = key_id
-        return found

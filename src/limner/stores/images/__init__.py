@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from limner.storage.files import ImageStore, LinkError, SignedStore, StoredImage
+from limner.stores.images.base import ImageStore, LinkError, StoredImage
+from limner.stores.images.directory import DirectoryImageStore
 
 
-def open_image_store(config: Any, data_dir: Path, secret: bytes, ttl_seconds: int) -> SignedStore:
+def open_image_store(config: Any, data_dir: Path, secret: bytes, ttl_seconds: int) -> ImageStore:
     """The store the `[storage]` table asks for (limner.server.settings.StorageConfig)."""
     if config.kind == "s3":
-        from limner.storage.s3 import S3ImageStore
+        from limner.stores.images.s3 import S3ImageStore
 
         return S3ImageStore(
             bucket=config.bucket,
@@ -23,7 +24,7 @@ def open_image_store(config: Any, data_dir: Path, secret: bytes, ttl_seconds: in
             secret=secret,
             ttl_seconds=ttl_seconds,
         )
-    return ImageStore(data_dir / "images", secret, ttl_seconds)
+    return DirectoryImageStore(data_dir / "images", secret, ttl_seconds)
 
 
-__all__ = ["ImageStore", "LinkError", "SignedStore", "StoredImage", "open_image_store"]
+__all__ = ["DirectoryImageStore", "ImageStore", "LinkError", "StoredImage", "open_image_store"]

@@ -1,7 +1,6 @@
 """API keys in PostgreSQL, for servers and replicas that share one set of keys (`keys_url`).
 
-The same contract as the SQLite store (limner.server.keys): SHA-256 hashes, constant-time checks, and
-failing closed. "Keys are required" is a row in `limner_meta`, written with the first key, so revoking
+The key store's contract (base.py): SHA-256 hashes, constant-time checks, and failing closed. "Keys are required" is a row in `limner_meta`, written with the first key, so revoking
 every key leaves the servers closed; a database that cannot be reached is KeyDatabaseError (a 503
 while serving, a one-line error at start-up). psycopg is imported only when this store is configured.
 """
@@ -13,8 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from limner.extras import install_hint
-from limner.server.keys import KeyDatabaseError, KeyRecord, KeyStore, new_key
+from limner.stores import postgres
+from limner.stores.keys.base import KeyDatabaseError, KeyRecord, KeyStore, new_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS limner_keys (
@@ -29,21 +28,11 @@ CREATE TABLE IF NOT EXISTS limner_meta (name TEXT PRIMARY KEY, value TEXT NOT NU
 """
 
 
-#: The advisory lock that serializes limner's schema creation in PostgreSQL (any constant will do).
-SCHEMA_LOCK = 0x6C696D6E6572  # "limner"
-
-
 class PostgresKeyStore(KeyStore):
     kind = "postgresql"
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise ValueError(
-                f'keys_url = "postgresql://..." needs psycopg: {install_hint("postgres")}'
-            ) from exc
-        self._psycopg = psycopg
+        self._psycopg = postgres.psycopg_for("keys_url", url)
         self.url = url
         self.timeout = timeout
         self._ready = False
@@ -53,9 +42,11 @@ class PostgresKeyStore(KeyStore):
 
     @property
     def where(self) -> str:
-        """The database, without its password, for messages."""
-        info = self._psycopg.conninfo.conninfo_to_dict(self.url)
-        return f"postgresql://{info.get('user', '')}@{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
+        return postgres.where(self._psycopg, self.url)
+
+    @property
+    def create_command(self) -> str:
+        return "limner keys create --name NAME --keys-url $LIMNER_KEYS_URL"
 
     @contextmanager
     def _db(self) -> Iterator[Any]:
@@ -64,10 +55,7 @@ class PostgresKeyStore(KeyStore):
                 self.url, connect_timeout=max(1, int(self.timeout)), autocommit=False
             ) as db:
                 if not self._ready:
-                    # Replicas start together: CREATE ... IF NOT EXISTS races in PostgreSQL (a unique
-                    # violation on its catalog), so one creates while the others wait.
-                    db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    db.execute(_SCHEMA)
+                    postgres.create_schema(db, _SCHEMA)
                     self._ready = True
                 yield db
         except self._psycopg.Error as exc:

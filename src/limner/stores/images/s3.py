@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 from limner.extras import install_hint
-from limner.storage.files import LinkError, SignedStore, StoredImage
+from limner.stores.images.base import ImageStore, LinkError, StoredImage
 
 log = logging.getLogger("limner.storage")
 
 
-class S3ImageStore(SignedStore):
+class S3ImageStore(ImageStore):
     kind = "s3"
 
     def __init__(

@@ -1,0 +1,194 @@
+"""The job store's protocol: every accepted asynchronous job (and every request with an
+Idempotency-Key) is written here, with the request as it arrived, before the client gets an answer.
+
+What a row holds is enough to run the job again after a crash: the request's method-independent parts
+(route, content type, body, the host it was addressed to, the key that owns it). Results and inputs
+are deleted when the job expires (the url TTL after it ended).
+
+The queries are written once, here, against the backend's declared placeholder (`PLACEHOLDER`); each
+backend owns its connections and its schema (sqlite.py, postgres.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class JobRecord:
+    id: str
+    owner: str
+    idempotency_key: str | None
+    fingerprint: str
+    mode: str
+    operation: str
+    route: str
+    model: str | None
+    status: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None
+    content_type: str
+    body: bytes | None
+    base_url: str
+    callback_url: str | None = None
+    stream: bool = False
+    result: Any = None
+    error: Any = None
+    status_code: int | None = None
+
+
+COLUMNS = (
+    "id, owner, idempotency_key, fingerprint, mode, operation, route, model, status, created_at, "
+    "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code"
+)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    values = list(row)
+    if isinstance(values[13], memoryview):  # a driver's view of a binary column
+        values[13] = bytes(values[13])
+    values[16] = bool(values[16])
+    values[17] = json.loads(values[17]) if values[17] is not None else None
+    values[18] = json.loads(values[18]) if values[18] is not None else None
+    return JobRecord(*values)
+
+
+class JobStore(abc.ABC):
+    """Where durable jobs live: SQLite in the data dir, or PostgreSQL shared by replicas."""
+
+    kind: str
+    #: The backend driver's parameter placeholder ("?" for sqlite3, "%s" for psycopg).
+    PLACEHOLDER: str
+
+    @abc.abstractmethod
+    def _connect(self) -> AbstractContextManager[Any]:
+        """This thread's connection, in a transaction."""
+
+    def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        with self._connect() as db:
+            return db.execute(sql, args)
+
+    def _rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._connect() as db:
+            rows: list[tuple[Any, ...]] = db.execute(sql, args).fetchall()
+        return rows
+
+    def _records(
+        self, where: str, args: tuple[Any, ...] | list[Any] = (), tail: str = ""
+    ) -> Iterator[JobRecord]:
+        for row in self._rows(f"SELECT {COLUMNS} FROM limner_jobs WHERE {where} {tail}", args):
+            yield _record(row)
+
+    def check(self) -> str | None:
+        """None when the store answers, else why (for /health)."""
+        try:
+            self._rows("SELECT 1")
+        except Exception as exc:  # sqlite3 or psycopg: whatever the database says, for /health
+            return f"the job store does not answer: {type(exc).__name__}"
+        return None
+
+    def insert(self, job: JobRecord) -> None:
+        """Write a new job (raises the database's integrity error when its idempotency key is taken)."""
+        p = self.PLACEHOLDER
+        self._run(
+            f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * 21)})",
+            (
+                job.id,
+                job.owner,
+                job.idempotency_key,
+                job.fingerprint,
+                job.mode,
+                job.operation,
+                job.route,
+                job.model,
+                job.status,
+                job.created_at,
+                job.updated_at,
+                job.expires_at,
+                job.content_type,
+                job.body,
+                job.base_url,
+                job.callback_url,
+                int(job.stream),
+                None,
+                None,
+                None,
+                time.time_ns(),
+            ),
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return next(self._records(f"id = {self.PLACEHOLDER}", (job_id,)), None)
+
+    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        p = self.PLACEHOLDER
+        return next(self._records(f"owner = {p} AND idempotency_key = {p}", (owner, key)), None)
+
+    def of_owner(
+        self, owner: str, *, limit: int = 20, before: int | None = None, mode: str | None = None
+    ) -> list[JobRecord]:
+        """The owner's jobs, newest first; `mode` "async" or "sync" keeps only those."""
+        p = self.PLACEHOLDER
+        where, args = [f"owner = {p}"], list[Any]([owner])
+        if mode is not None:
+            where.append(f"mode = {p}")
+            args.append(mode)
+        if before is not None:
+            where.append(f"created_at < {p}")
+            args.append(before)
+        return list(self._records(" AND ".join(where), [*args, limit], f"ORDER BY created_ns DESC LIMIT {p}"))
+
+    def active(self) -> list[JobRecord]:
+        """Jobs that were queued or running: what a restart must run again, oldest first."""
+        return list(self._records("status IN ('queued', 'in_progress')", (), "ORDER BY created_ns"))
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = int(time.time())
+        for name in ("result", "error"):
+            if name in fields and fields[name] is not None:
+                fields[name] = json.dumps(fields[name])
+        p = self.PLACEHOLDER
+        assignments = ", ".join(f"{name} = {p}" for name in fields)
+        self._run(f"UPDATE limner_jobs SET {assignments} WHERE id = {p}", (*fields.values(), job_id))
+
+    def end(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        ttl: int,
+        result: Any = None,
+        error: Any = None,
+        status_code: int | None = None,
+    ) -> None:
+        """The job ended: keep its answer for `ttl` seconds; its inputs are no longer needed."""
+        self.update(
+            job_id,
+            status=status,
+            result=result,
+            error=error,
+            status_code=status_code,
+            expires_at=int(time.time()) + ttl,
+            body=None,
+        )
+
+    def delete(self, job_id: str) -> None:
+        self._run(f"DELETE FROM limner_jobs WHERE id = {self.PLACEHOLDER}", (job_id,))
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete jobs whose answer has expired; return how many."""
+        cutoff = int(now if now is not None else time.time())
+        p = self.PLACEHOLDER
+        cur = self._run(
+            f"DELETE FROM limner_jobs WHERE expires_at IS NOT NULL AND expires_at < {p}", (cutoff,)
+        )
+        return int(cur.rowcount)

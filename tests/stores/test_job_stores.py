@@ -1,0 +1,97 @@
+"""One contract for every job store, run on SQLite and on PostgreSQL: what a restart needs (active
+jobs, oldest first), idempotency keys unique per owner, listing by owner and mode, expiry."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from limner.stores.jobs import JobRecord, JobStore, SqliteJobStore, open_job_store
+from tests.support.postgres import fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "sqlite":
+        return open_job_store(tmp_path)
+    return open_job_store(tmp_path, fresh_database(request.getfixturevalue("postgres")))
+
+
+def record(job_id: str, *, owner: str = "key_a", key: str | None = None, mode: str = "async") -> JobRecord:
+    now = int(time.time())
+    return JobRecord(
+        id=job_id,
+        owner=owner,
+        idempotency_key=key,
+        fingerprint="f" * 64,
+        mode=mode,
+        operation="generate",
+        route="/v1/images/generations",
+        model="gpt-image-1",
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        expires_at=None,
+        content_type="application/json",
+        body=b'{"prompt": "x"}',
+        base_url="http://127.0.0.1:8000",
+        stream=True,
+    )
+
+
+def test_insert_get_and_end(store: JobStore) -> None:
+    store.insert(record("j1"))
+    got = store.get("j1")
+    assert got is not None and got.body == b'{"prompt": "x"}' and got.stream is True
+    store.update("j1", status="in_progress")
+    store.end("j1", "completed", ttl=60, result={"data": [1]}, status_code=200)
+    ended = store.get("j1")
+    assert ended is not None and ended.status == "completed" and ended.result == {"data": [1]}
+    assert ended.body is None and ended.expires_at is not None  # inputs dropped, answer kept for ttl
+    assert store.get("nope") is None and store.check() is None
+
+
+def test_active_jobs_oldest_first(store: JobStore) -> None:
+    for job_id in ("a", "b", "c"):
+        store.insert(record(job_id))
+    store.end("b", "cancelled", ttl=60)
+    assert [r.id for r in store.active()] == ["a", "c"]
+
+
+def test_idempotency_keys_are_unique_per_owner(store: JobStore) -> None:
+    store.insert(record("k1", key="same"))
+    store.insert(record("k2", key="same", owner="key_b"))  # another owner's key is another key
+    with pytest.raises(Exception) as raised:
+        store.insert(record("k3", key="same"))
+    assert "unique" in str(raised.value).lower() or "UNIQUE" in type(raised.value).__name__.upper()
+    found = store.by_idempotency_key("key_a", "same")
+    assert found is not None and found.id == "k1"
+
+
+def test_listing_by_owner_mode_and_time(store: JobStore) -> None:
+    store.insert(record("s1", mode="sync"))
+    store.insert(record("a1"))
+    store.insert(record("a2"))
+    store.insert(record("other", owner="key_b"))
+    assert [r.id for r in store.of_owner("key_a")] == ["a2", "a1", "s1"]
+    assert [r.id for r in store.of_owner("key_a", mode="async", limit=1)] == ["a2"]
+    assert [r.id for r in store.of_owner("key_a", mode="sync")] == ["s1"]
+    assert store.of_owner("key_a", before=0) == []
+
+
+def test_sweep_removes_only_expired_answers(store: JobStore) -> None:
+    store.insert(record("old"))
+    store.insert(record("live"))
+    store.end("old", "completed", ttl=0, result={})
+    store.end("live", "completed", ttl=3600, result={})
+    assert store.sweep(now=time.time() + 10) == 1
+    assert store.get("old") is None and store.get("live") is not None
+
+
+def test_stores_are_separate_implementations_of_one_protocol() -> None:
+    from limner.stores.jobs.postgres import PostgresJobStore
+
+    for implementation in (SqliteJobStore, PostgresJobStore):
+        assert implementation.__mro__[1] is JobStore  # neither backend subclasses the other
