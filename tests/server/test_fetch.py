@@ -1,4 +1,4 @@
-"""limner.server.fetch against real HTTP(S) servers on 127.0.0.1 (no traffic goes anywhere else).
+"""limner.server.inputs.fetch against real HTTP(S) servers on 127.0.0.1 (no traffic goes anywhere else).
 
 Public hosts cannot exist in a test, so the per-hop re-check on redirects is shown two ways: the
 address rule itself on a table of addresses, and real redirect chains fetched with an address
@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from limner.errors import InvalidRequest
-from limner.server.fetch import (
+from limner.server.inputs.fetch import (
     AddressPolicy,
     IPAddress,
     blocked_reason,

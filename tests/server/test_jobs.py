@@ -8,6 +8,7 @@ package. The restart test is in tests/compat/test_jobs_restart.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -220,11 +221,14 @@ async def test_events_can_be_left_and_rejoined(tmp_path: Path) -> None:
     engine = GateEngine(batches=False)
     async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
         job_id = (await client.post(GENERATIONS, json=body(3), headers=ASYNC)).json()["id"]
-        async with client.stream("GET", f"/v1/images/jobs/{job_id}/events") as first:
-            async for line in first.aiter_lines():
-                if line.startswith("event: "):
-                    assert line == "event: image_job.status"
-                    break  # leave after the first event
+        # In process the transport hands over a body only when it is whole, so the client leaves by
+        # cancelling its request while the job is still queued (the stream stays open until then).
+        first = asyncio.ensure_future(client.get(f"/v1/images/jobs/{job_id}/events"))
+        await asyncio.sleep(0.5)
+        assert not first.done()
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
         engine.open()
         await wait_status(client, job_id, "completed")
         again = await client.get(f"/v1/images/jobs/{job_id}/events")
@@ -339,3 +343,62 @@ async def test_an_engine_failure_is_the_same_500_envelope_everywhere_and_hides_i
         accepted = await client.post(GENERATIONS, json=body(3), headers=ASYNC)
         failed = await wait_status(client, accepted.json()["id"], "failed")
         assert failed["error"] == expected["error"]
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, payload) of each server-sent event of a body."""
+    out = []
+    for chunk in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in chunk.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def shape(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload with what differs between two readings of one event (ids, times) taken out."""
+    return {k: v for k, v in payload.items() if k not in ("created_at", "created", "id")}
+
+
+async def test_one_event_name_has_one_shape_in_a_stream_its_events_and_its_result(tmp_path: Path) -> None:
+    """The same job read three ways: the stream as it ran, /events after it ended, and GET."""
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        request = {"model": "gpt-image-1", "prompt": "a cat", "quality": "low", "stream": True, "n": 2, "seed": 8}
+        streamed = await client.post(GENERATIONS, json=request, headers={"idempotency-key": "shape-1"})
+        job_id = (await client.get("/v1/images/jobs")).json()["data"][0]["id"]
+        replayed = await client.get(f"/v1/images/jobs/{job_id}/events")
+        got = await job(client, job_id)
+    live = [(name, shape(p)) for name, p in sse_events(streamed.text) if name.endswith(".completed")]
+    later = [(name, shape(p)) for name, p in sse_events(replayed.text) if name.endswith(".completed")]
+    assert [name for name, _ in live] == ["image_generation.completed"] * 2
+    assert later[:2] == live  # same names, same fields, same images
+    fields = set(live[0][1])
+    assert fields == {"type", "b64_json", "size", "quality", "background", "output_format", "usage"}
+    assert [d["b64_json"] for d in got["result"]["data"]] == [p["b64_json"] for _, p in live]
+
+
+async def test_an_async_jobs_events_have_the_streams_shape_while_it_runs(tmp_path: Path) -> None:
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        request = {"model": "gpt-image-1", "prompt": "a cat", "quality": "low", "n": 1, "seed": 9}
+        job_id = (await client.post(GENERATIONS, json={**request, "partial_images": 1}, headers=ASYNC)).json()["id"]
+        following = await client.get(f"/v1/images/jobs/{job_id}/events")
+        streamed = await client.post(GENERATIONS, json={**request, "stream": True})
+    completed = [shape(p) for name, p in sse_events(following.text) if name == "image_generation.completed"]
+    in_stream = [shape(p) for name, p in sse_events(streamed.text) if name == "image_generation.completed"]
+    assert len(completed) == 1 and set(completed[0]) == set(in_stream[0])
+    assert completed[0]["b64_json"] == in_stream[0]["b64_json"]
+
+
+async def test_events_stay_open_through_a_long_silence(tmp_path: Path) -> None:
+    """A queued job may wait long without an event: /events keeps the stream open (keep-alive
+    comments) and delivers the job's end once it comes."""
+    engine = GateEngine(batches=False)
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        job_id = (await client.post(GENERATIONS, json=body(3), headers=ASYNC)).json()["id"]
+        following = asyncio.ensure_future(client.get(f"/v1/images/jobs/{job_id}/events"))
+        await asyncio.sleep(2.0)  # four times the old 0.5 s cut-off, with no event at all
+        assert not following.done()
+        engine.open()
+        answer = await following
+    names = [name for name, _ in sse_events(answer.text)]
+    assert "image_generation.completed" in names and names[-1] == "image_job.completed"

@@ -75,7 +75,7 @@ from limner.engines import diffusers_families as families
 from limner.engines.base import EngineBase, EngineInfo
 from limner.engines.diffusers_options import DiffusersOptions, option_error, parse_options
 from limner.engines.diffusers_previews import PreviewDecoder, preview_steps
-from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob, _JobBase
+from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, JobSettings, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 from limner.extras import install_hint
 from limner.rules import MAX_IMAGES_PER_EDIT
@@ -680,7 +680,7 @@ class DiffusersEngine(EngineBase):
             if isinstance(p.default, int | float) and not isinstance(p.default, bool)
         }
 
-    def _text_kwargs(self, job: _JobBase, prompt: str) -> dict[str, Any]:
+    def _text_kwargs(self, job: JobSettings, prompt: str) -> dict[str, Any]:
         """prompt, negative_prompt and the guidance arguments, as this family takes them; refuses
         what it cannot honour."""
         caps = self.caps
@@ -720,7 +720,7 @@ class DiffusersEngine(EngineBase):
         kwargs["negative_prompt"] = job.negative_prompt
         return kwargs
 
-    def _steps(self, job: _JobBase, strength: float | None) -> int:
+    def _steps(self, job: JobSettings, strength: float | None) -> int:
         authored = len(self.caps.sample_sigmas) if job.num_inference_steps is None else 0
         steps = job.num_inference_steps or authored or self.options.steps[job.detail]
         if strength is None or int(steps * strength) >= 1:
@@ -785,7 +785,7 @@ class DiffusersEngine(EngineBase):
             return self.options.strength["inpaint_high_fidelity" if high else "inpaint"]
         return self.options.strength["edit_high_fidelity" if high else "edit"]
 
-    def _guidance(self, job: Job | _JobBase) -> float | None:
+    def _guidance(self, job: Job | JobSettings) -> float | None:
         return job.guidance_scale if job.guidance_scale is not None else self.options.guidance[job.detail]
 
     def _plan(self, job: Job, *, inputs: bool = True) -> _Plan:

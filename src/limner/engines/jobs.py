@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
 from PIL import Image
 
@@ -57,8 +57,13 @@ class JobContext:
             self.on_partial(image_index, partial_index, preview)
 
 
+J = TypeVar("J", bound="JobSettings")
+
+
 @dataclass
-class _JobBase:
+class JobSettings:
+    """What every job shares, resolved from the request once (limner.server.serving.work builds it)."""
+
     width: int
     height: int
     n: int = 1
@@ -73,14 +78,18 @@ class _JobBase:
     #: dall-e-3's style: "vivid" leans hyper-real and dramatic, "natural" less so; None: no style.
     style: Literal["vivid", "natural"] | None = None
 
+    def into(self, kind: type[J], **own: Any) -> J:
+        """A job of `kind` with these settings and that kind's own fields (prompt, images...)."""
+        return kind(**{f.name: getattr(self, f.name) for f in fields(JobSettings)}, **own)
+
 
 @dataclass
-class GenerateJob(_JobBase):
+class GenerateJob(JobSettings):
     prompt: str = ""
 
 
 @dataclass
-class EditJob(_JobBase):
+class EditJob(JobSettings):
     prompt: str = ""
     #: The input images, decoded (RGB or RGBA). The first is the one edited; the others guide.
     images: list[Image.Image] = field(default_factory=list)
@@ -92,7 +101,7 @@ class EditJob(_JobBase):
 
 
 @dataclass
-class VaryJob(_JobBase):
+class VaryJob(JobSettings):
     image: Image.Image | None = None
 
 

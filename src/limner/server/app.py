@@ -15,13 +15,13 @@ from fastapi import Depends, FastAPI
 from limner import __version__
 from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
-from limner.jobs.manager import JobManager
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
+from limner.server.serving.durable import JobManager
 from limner.server.settings import Settings
 from limner.stores.images import ImageStore, open_image_store
 from limner.stores.jobs import JobStore, open_job_store
@@ -126,7 +126,10 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.store = store
     app.state.key_guard = key_guard
     job_store = open_job_store(data_dir, settings.jobs_url)
-    manager = JobManager(app, job_store)
+    # The durable layer replays stored requests through the routes' own parsing: handed over here.
+    manager = JobManager(
+        app, job_store, {"generate": generations.parse, "edit": edits.parse, "vary": variations.parse}
+    )
     app.state.jobs = manager
     app.state.metrics = metrics
     app.state.started = int(time.time())

@@ -11,9 +11,10 @@ from PIL import Image
 from limner import rules
 from limner.engines.jobs import EditJob
 from limner.errors import InvalidRequest
-from limner.server import service, uploads
-from limner.server.forms import check_part_kinds, read_form
-from limner.server.parsing import content_type, json_object, validate
+from limner.server.inputs import uploads
+from limner.server.inputs.forms import check_part_kinds, read_form
+from limner.server.inputs.parsing import content_type, json_object, validate
+from limner.server.serving.work import Work, note_model, prepare
 from limner.types import CreateImageEditRequest, EditImageJsonRequest, ImageRef
 
 router = APIRouter()
@@ -26,7 +27,7 @@ async def create_image_edit(request: Request) -> Response:
     return await request.app.state.jobs.respond(request, "edit", parse)
 
 
-async def parse(request: Request) -> service.Work:
+async def parse(request: Request) -> Work:
     """The request (multipart or JSON), checked and resolved into the engine's work."""
     kind = content_type(request)
     if kind == "application/json":
@@ -42,10 +43,10 @@ async def parse(request: Request) -> service.Work:
     )
     try:
         check_part_kinds(form, file_fields=FILE_FIELDS, text_fields=CreateImageEditRequest.model_fields)
-        service.note_model(request, form.fields.get("model"))
+        note_model(request, form.fields.get("model"))
         req = validate(CreateImageEditRequest, dict(form.fields))
         profile = request.app.state.lookup.for_edit(req.model)
-        service.note_model(request, profile.name)
+        note_model(request, profile.name)
         sources: list[BinaryIO] = [
             u.file for u in form.files.get("image", []) + form.files.get("image[]", [])
         ]
@@ -65,7 +66,7 @@ async def _edit(
     mask_source: Any,
     *,
     image_param: str = "image",
-) -> service.Work:
+) -> Work:
     uploads.check_count(profile, len(sources))
     rules.check_prompt(profile, req.prompt)  # cheap checks before any image is decoded
     max_pixels = request.app.state.settings.max_input_pixels
@@ -76,22 +77,22 @@ async def _edit(
     ]
     mask = await uploads.edit_mask(profile, images, mask_source, max_pixels=max_pixels)
     resolved = rules.resolve_edit(request.app.state.lookup, req, input_size=images[0].size)
-    return service.prepare(
+    return prepare(
         request,
         resolved,
-        lambda fields: EditJob(
-            prompt=resolved.prompt, images=images, mask=mask, input_fidelity=resolved.input_fidelity, **fields
+        lambda settings: settings.into(
+            EditJob, prompt=resolved.prompt, images=images, mask=mask, input_fidelity=resolved.input_fidelity
         ),
         input_sizes=[im.size for im in images],
     )
 
 
-async def _json_edit(request: Request) -> service.Work:
+async def _json_edit(request: Request) -> Work:
     data = await json_object(request)
-    service.note_model(request, data.get("model"))
+    note_model(request, data.get("model"))
     req = validate(EditImageJsonRequest, data)
     profile = request.app.state.lookup.for_edit(req.model)
-    service.note_model(request, profile.name)
+    note_model(request, profile.name)
     if not profile.gpt_fields:
         raise InvalidRequest(
             f"The JSON body is for GPT image models; model '{profile.name}' edits take multipart/form-data.",
@@ -117,7 +118,7 @@ async def _fetch(request: Request, ref: ImageRef, param: str) -> bytes:
         )
     if not ref.image_url:
         raise InvalidRequest(f"'{param}' must have an image_url.", param=param)
-    from limner.server.fetch import (
+    from limner.server.inputs.fetch import (
         fetch_image_url,  # only JSON edits fetch; keeps httpx2 off the start-up path
     )
 

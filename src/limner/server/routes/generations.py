@@ -8,8 +8,8 @@ from fastapi.responses import Response
 from limner import rules
 from limner.engines.jobs import GenerateJob
 from limner.errors import InvalidRequest
-from limner.server import service
-from limner.server.parsing import content_type, json_object, validate
+from limner.server.inputs.parsing import content_type, json_object, validate
+from limner.server.serving.work import Work, note_model, prepare
 from limner.types import CreateImageRequest
 
 router = APIRouter()
@@ -20,16 +20,16 @@ async def create_image(request: Request) -> Response:
     return await request.app.state.jobs.respond(request, "generate", parse)
 
 
-async def parse(request: Request) -> service.Work:
+async def parse(request: Request) -> Work:
     """The request, checked and resolved into the engine's work (a 400 for anything invalid)."""
     if content_type(request) not in ("application/json", ""):
         raise InvalidRequest(
             f"Unsupported content type '{content_type(request)}' for this endpoint: send application/json."
         )
     data = await json_object(request)
-    service.note_model(request, data.get("model"))
+    note_model(request, data.get("model"))
     req = validate(CreateImageRequest, data)
     state = request.app.state
-    service.note_model(request, state.lookup.for_generation(req).name)  # the default, if none was named
+    note_model(request, state.lookup.for_generation(req).name)  # the default, if none was named
     resolved = rules.resolve_generation(state.lookup, req)
-    return service.prepare(request, resolved, lambda fields: GenerateJob(prompt=resolved.prompt, **fields))
+    return prepare(request, resolved, lambda settings: settings.into(GenerateJob, prompt=resolved.prompt))

@@ -8,9 +8,10 @@ from fastapi.responses import Response
 from limner import rules
 from limner.engines.jobs import VaryJob
 from limner.errors import InvalidRequest
-from limner.server import service, uploads
-from limner.server.forms import check_part_kinds, read_form
-from limner.server.parsing import content_type, validate
+from limner.server.inputs import uploads
+from limner.server.inputs.forms import check_part_kinds, read_form
+from limner.server.inputs.parsing import content_type, validate
+from limner.server.serving.work import Work, note_model, prepare
 from limner.types import CreateImageVariationRequest
 
 router = APIRouter()
@@ -21,7 +22,7 @@ async def create_image_variation(request: Request) -> Response:
     return await request.app.state.jobs.respond(request, "vary", parse)
 
 
-async def parse(request: Request) -> service.Work:
+async def parse(request: Request) -> Work:
     """The request, checked and resolved into the engine's work (a 400 for anything invalid)."""
     if content_type(request) != "multipart/form-data":
         raise InvalidRequest(
@@ -31,10 +32,10 @@ async def parse(request: Request) -> service.Work:
     form = await read_form(request, max_file_bytes=settings.max_upload_bytes, max_files=2)
     try:
         check_part_kinds(form, file_fields=("image",), text_fields=CreateImageVariationRequest.model_fields)
-        service.note_model(request, form.fields.get("model"))
+        note_model(request, form.fields.get("model"))
         req = validate(CreateImageVariationRequest, dict(form.fields))
         profile = request.app.state.lookup.for_variation(req.model)
-        service.note_model(request, profile.name)
+        note_model(request, profile.name)
         files = form.files.get("image", [])
         if len(files) != 1:
             uploads.check_count(profile, len(files))
@@ -45,4 +46,4 @@ async def parse(request: Request) -> service.Work:
         )
     finally:
         form.close()
-    return service.prepare(request, resolved, lambda fields: VaryJob(image=image, **fields))
+    return prepare(request, resolved, lambda settings: settings.into(VaryJob, image=image))

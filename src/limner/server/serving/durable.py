@@ -2,7 +2,7 @@
 that survives a restart.
 
 Every image request comes through `JobManager.respond`. A plain request (no Idempotency-Key, no
-Prefer) is served as before. Otherwise the request is checked (a 400 stores nothing), written to the
+Prefer) is answered by `respond` (a body or a stream). Otherwise the request is checked (a 400 stores nothing), written to the
 job store with its body, queued, and only then answered: 202 with the job for asynchronous requests;
 for synchronous ones with a key, the ImagesResponse (or the stream) once the job is done. A retry
 with the same key and body gets the same answer, attaching to the job while it runs; the same key
@@ -10,7 +10,12 @@ with another body is a 400 naming the header. A job with a key does not stop whe
 the retry will want it.
 
 After a crash, `recover()` runs every job that was queued or running again, from the stored request,
-through the same parsing code as a new request.
+through the same parsing code as a new request (create_app hands this layer the routes' parse
+functions: it imports no route). Each job is one Run (run.py), as a plain request is.
+
+A job's stored result is the ImagesResponse and, for each image, its completed event's fields but the
+image (`completed`): a stream's replay and `/events` make the events again from them, with the one
+builder a stream uses, so an event name has one shape wherever it is read.
 """
 
 from __future__ import annotations
@@ -23,20 +28,20 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from PIL import Image
 
-from limner import imaging
-from limner.engines.jobs import JobContext
 from limner.errors import InvalidRequest, JobCancelled, LimnerError, NotFound
-from limner.scheduler import Scheduler, Ticket
-from limner.server import service
+from limner.scheduler import Scheduler
 from limner.server.errors import server_error
+from limner.server.serving import events
+from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
+from limner.server.serving.run import Run
+from limner.server.serving.work import Work, client_of, link_base
 from limner.stores.jobs import ENDED, JobRecord, JobStore
 
 if TYPE_CHECKING:
@@ -44,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("limner.jobs")
 
-Parse = Callable[[Request], Awaitable[service.Work]]
+Parse = Callable[[Request], Awaitable[Work]]
+#: How long /events stays silent before it sends a keep-alive comment.
+KEEP_ALIVE_SECONDS = 10.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CALLBACK_HEADER = "X-Limner-Callback-Url"
 SIGNATURE_HEADER = "X-Limner-Signature"
@@ -86,40 +93,21 @@ def fingerprint(content_type: str, body: bytes) -> str:
 
 @dataclass
 class Live:
-    """A job running in this process: what its watchers need while it is not in the store yet."""
+    """A job running in this process: its record as it changes, and its Run (events, progress)."""
 
     record: JobRecord
-    ctx: JobContext
-    ticket: Ticket[list[bytes]] | None = None
-    progress: tuple[int, int] | None = None
-    #: Server-sent events so far (partial images, progress), for /events and idempotent streams.
-    feed: list[bytes] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    run: Run
+    #: Set once the job's end is written to the store (a waiting retry then replays it).
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def publish(self, chunk: bytes | None = None) -> None:
-        if chunk is not None:
-            self.feed.append(chunk)
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def follow(self, start: int = 0) -> AsyncIterator[bytes]:
-        """Every event from `start` on, until the job is done."""
-        index = start
-        while True:
-            changed = self.changed
-            while index < len(self.feed):
-                yield self.feed[index]
-                index += 1
-            if self.done.is_set():
-                return
-            await changed.wait()
 
 
 class JobManager:
-    def __init__(self, app: FastAPI, store: JobStore) -> None:
+    def __init__(self, app: FastAPI, store: JobStore, parsers: Mapping[str, Parse]) -> None:
+        """`parsers`: each operation's parse function (generate, edit, vary), for requests replayed
+        after a restart."""
         self.app = app
         self.store = store
+        self.parsers = dict(parsers)
         self.live: dict[str, Live] = {}
         self._claims: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,7 +129,7 @@ class JobManager:
         key = request.headers.get(IDEMPOTENCY_HEADER)
         asynchronous = "respond-async" in request.headers.get("prefer", "").lower()
         if key is None and not asynchronous:
-            return await service.respond(request, await parse(request))
+            return await respond(request, await parse(request))
         if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
             raise InvalidRequest(
                 f"The {IDEMPOTENCY_HEADER} header must be 1 to 255 printable characters.",
@@ -181,13 +169,13 @@ class JobManager:
                 expires_at=None,
                 content_type=content_type,
                 body=body,
-                base_url=service.link_base(request),
+                base_url=link_base(request),
                 callback_url=self._callback(request),
                 stream=work.resolved.stream and not asynchronous,
             )
             await asyncio.to_thread(self.store.insert, record)
             try:
-                live = self._start(record, work, service.client_of(request), admitted=False)
+                live = self._start(record, work, client_of(request), admitted=False)
             except LimnerError:  # the queue is full: nothing was accepted
                 await asyncio.to_thread(self.store.delete, record.id)
                 raise
@@ -211,114 +199,80 @@ class JobManager:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _start(self, record: JobRecord, work: service.Work, client: str, *, admitted: bool) -> Live:
+    def _start(self, record: JobRecord, work: Work, client: str, *, admitted: bool) -> Live:
         """Queue the job's first engine run now (a full queue raises at once), drive the rest in a task."""
-        resolved = work.resolved
-        loop = asyncio.get_running_loop()
-        streaming = record.stream or record.mode == "async"
-        live = Live(record, JobContext(partial_images=resolved.partial_images if streaming else 0))
-        kind = "image_generation" if resolved.operation == "generate" else "image_edit"
-
-        def on_partial(image: int, index: int, preview: Image.Image) -> None:
-            data = imaging.encode_preview(preview, output_format=resolved.output_format)
-            payload = {
-                "type": f"{kind}.partial_image",
-                **service.event_base(resolved, data),
-                "partial_image_index": index,
-            }
-            loop.call_soon_threadsafe(live.publish, service.sse(f"{kind}.partial_image", payload))
-
-        def on_progress(done: int, total: int) -> None:
-            live.progress = (done, total)
-
-        live.ctx.on_partial = on_partial
-        live.ctx.on_progress = on_progress
-        # A stream runs image after image (its events come image by image); otherwise one run of n.
-        jobs = (
-            [replace(work.job, n=1, seed=work.job.seed + i) for i in range(resolved.n)]
-            if record.stream
-            else [work.job]
+        run = Run(
+            work,
+            self.scheduler,
+            client,
+            self.app.state.metrics,
+            with_events=record.stream or record.mode == "async",
+            image_by_image=record.stream,
         )
-        first = self.scheduler.submit(
-            work.model,
-            jobs[0],
-            live.ctx,
-            service.finisher(work, self.app.state.metrics),
-            client=client,
-            admitted=admitted,
-        )
-        live.ticket = first
+        run.start(admitted=admitted)
+        live = Live(record, run)
         self.live[record.id] = live
-        task = asyncio.create_task(self._drive(live, work, jobs, client))
+        task = asyncio.create_task(self._drive(live))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return live
 
-    async def _drive(self, live: Live, work: service.Work, jobs: list[Any], client: str) -> None:
-        record = live.record
+    async def _drive(self, live: Live) -> None:
+        record, run = live.record, live.run
         state = self.app.state
         ttl = state.settings.url_ttl_seconds
-        encoded: list[bytes] = []
+
+        async def started() -> None:
+            if record.status == "queued":
+                record.status = "in_progress"
+                await asyncio.to_thread(self.store.update, record.id, status="in_progress")
+                run.publish()
+
         try:
-            for index, job in enumerate(jobs):
-                if index > 0:
-                    live.ticket = self.scheduler.submit(
-                        work.model,
-                        job,
-                        live.ctx,
-                        service.finisher(work, self.app.state.metrics),
-                        client=client,
-                        admitted=True,
-                    )
-                assert live.ticket is not None
-                await self.scheduler.wait_started(live.ticket)
-                if record.status == "queued":
-                    record.status = "in_progress"
-                    await asyncio.to_thread(self.store.update, record.id, status="in_progress")
-                    live.publish()
-                images = await self.scheduler.result(live.ticket)
-                encoded += images
-                if record.stream:
-                    live.publish(service.completed_event(work, images[0]))
+            try:
+                await run.drive(on_start=started)
+            except asyncio.CancelledError:
+                run.cancelled = True
+            if run.cancelled:
+                if self._stopping:
+                    return  # left active in the store: the next start runs it again
+                record.status = "cancelled"
+                await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
+                return
+            if run.error is not None:
+                error = run.error.to_dict()
+                record.status, record.error, record.status_code = "failed", error, run.error.status_code
+                await asyncio.to_thread(
+                    self.store.end,
+                    record.id,
+                    "failed",
+                    ttl=ttl,
+                    error=error,
+                    status_code=run.error.status_code,
+                )
+                return
             # Stream events carry the bytes themselves, so a stream's response is b64_json.
-            answered = work
+            work = run.work
             if record.stream:
-                answered = replace(work, resolved=replace(work.resolved, response_format="b64_json"))
-            result: Any = await asyncio.to_thread(
-                service.images_body,
-                answered,
-                encoded,
-                store=state.store,
-                base=record.base_url,
-                metrics=state.metrics,
+                work = replace(work, resolved=replace(work.resolved, response_format="b64_json"))
+            response = await asyncio.to_thread(
+                images_body, work, run.encoded, store=state.store, base=record.base_url, metrics=state.metrics
             )
-            if record.stream:  # what a retry replays: the final events, as they were sent
-                events = [chunk.decode() for chunk in live.feed if b".completed" in chunk[:40]]
-                result = {"response": result, "events": events}
-            record.status, record.result = "completed", result
+            record.status, record.result = "completed", {"response": response, "completed": run.completed}
             await asyncio.to_thread(
-                self.store.end, record.id, "completed", ttl=ttl, result=result, status_code=200
-            )
-        except (JobCancelled, asyncio.CancelledError):
-            if self._stopping:
-                return  # left active in the store: the next start runs it again
-            record.status = "cancelled"
-            await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
-        except LimnerError as exc:
-            record.status, record.error, record.status_code = "failed", exc.to_dict(), exc.status_code
-            await asyncio.to_thread(
-                self.store.end, record.id, "failed", ttl=ttl, error=exc.to_dict(), status_code=exc.status_code
+                self.store.end, record.id, "completed", ttl=ttl, result=record.result, status_code=200
             )
         except Exception:
             log.exception("job %s failed", record.id)
             error = server_error().to_dict()
             record.status, record.error, record.status_code = "failed", error, 500
-            await asyncio.to_thread(
-                self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500
-            )
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500
+                )
         finally:
             live.done.set()
-            live.publish()
+            run.publish()
             self.live.pop(record.id, None)
             if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
@@ -345,11 +299,7 @@ class JobManager:
         return len(records)
 
     def _parse_for(self, record: JobRecord) -> Parse:
-        from limner.server.routes import edits, generations, variations
-
-        return {"generate": generations.parse, "edit": edits.parse, "vary": variations.parse}[
-            record.operation
-        ]
+        return self.parsers[record.operation]
 
     def _replayed_request(self, record: JobRecord) -> Request:
         """A request object over the stored body, as the routes' parsing code reads it."""
@@ -414,7 +364,7 @@ class JobManager:
         record = live.record
         if record.stream:
             return StreamingResponse(
-                self._stream(live), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+                self._stream(live), media_type="text/event-stream", headers=STREAM_HEADERS
             )
         # The job goes on if this client leaves (its retry will want it): only the waiting stops.
         waiter = asyncio.ensure_future(live.done.wait())
@@ -428,22 +378,23 @@ class JobManager:
         return self._replay(record)
 
     async def _stream(self, live: Live) -> AsyncIterator[bytes]:
-        async for chunk in live.follow():
+        async for chunk in live.run.follow():
             yield chunk
+        await live.done.wait()
         if live.record.status == "failed":
-            yield service.sse("error", live.record.error)
+            yield events.sse("error", live.record.error)
 
     def _replay(self, record: JobRecord) -> Response:
         if record.status == "completed":
             if record.stream:
-                chunks = [c.encode() for c in record.result["events"]]
+                chunks = completed_events(record)
 
-                async def events() -> AsyncIterator[bytes]:
+                async def replayed() -> AsyncIterator[bytes]:
                     for chunk in chunks:
                         yield chunk
 
-                return StreamingResponse(events(), media_type="text/event-stream")
-            return JSONResponse(record.result)
+                return StreamingResponse(replayed(), media_type="text/event-stream", headers=STREAM_HEADERS)
+            return JSONResponse(response_of(record))
         if record.status == "failed":
             return JSONResponse(record.error, status_code=record.status_code or 500)
         return JSONResponse(
@@ -467,9 +418,9 @@ class JobManager:
         )
 
     def _position(self, live: Live | None) -> int | None:
-        if live is None or live.ticket is None or live.record.status != "queued":
+        if live is None or live.run.ticket is None or live.record.status != "queued":
             return None
-        return self.scheduler.position(live.ticket)
+        return self.scheduler.position(live.run.ticket)
 
     # -- the jobs routes --------------------------------------------------------------------------
 
@@ -488,9 +439,7 @@ class JobManager:
     async def cancel(self, request: Request, job_id: str) -> JSONResponse:
         record, live = await self.find(request, job_id)
         if live is not None and record.status not in ENDED:
-            live.ctx.cancel()
-            if live.ticket is not None:
-                self.scheduler.cancel(live.ticket)
+            live.run.cancel()
             await live.done.wait()
         return JSONResponse(job_object(record, None))
 
@@ -510,43 +459,78 @@ class JobManager:
         record, live = await self.find(request, job_id)
 
         async def stream() -> AsyncIterator[bytes]:
-            yield service.sse("image_job.status", job_object(record, live, position=self._position(live)))
+            yield events.sse("image_job.status", job_object(record, live, position=self._position(live)))
+            replay = live is None or not live.run.with_events  # else the run's feed has them
             if live is not None:
-                last = None
-                follower = live.follow()
-                while True:
-                    try:
-                        chunk = await asyncio.wait_for(follower.__anext__(), timeout=0.5)
-                    except TimeoutError:
-                        chunk = None
-                    except StopAsyncIteration:
-                        break
-                    if chunk is not None:
-                        yield chunk
-                    now = (live.record.status, live.progress)
-                    if now != last:
-                        last = now
-                        yield service.sse(
-                            "image_job.progress", job_object(live.record, live, position=self._position(live))
-                        )
+                async for chunk in self._follow(live):
+                    yield chunk
+                await live.done.wait()
             final = live.record if live else record
-            if final.status == "completed":
-                kind = "image_generation" if final.operation == "generate" else "image_edit"
-                for item in response_of(final)["data"]:
-                    yield service.sse(f"{kind}.completed", {"type": f"{kind}.completed", **item})
+            if final.status == "completed" and replay:
+                for chunk in completed_events(final):
+                    yield chunk
             if final.status == "failed":
-                yield service.sse("error", final.error)
-            yield service.sse(f"image_job.{final.status}", job_object(final, None))
+                yield events.sse("error", final.error)
+            yield events.sse(f"image_job.{final.status}", job_object(final, None))
 
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+    async def _follow(self, live: Live) -> AsyncIterator[bytes]:
+        """The run's events as they come, a progress event when status or step changes, and a keep-alive
+        comment in a long silence (a queued job may wait minutes), until the run is done."""
+        follower = live.run.follow()
+        upcoming: asyncio.Future[bytes] | None = None
+        last: tuple[str, Any] | None = None
+        silent = 0.0
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(follower.__anext__())
+                finished, _ = await asyncio.wait({upcoming}, timeout=0.5)
+                if finished:
+                    try:
+                        chunk = upcoming.result()
+                    except StopAsyncIteration:
+                        return
+                    upcoming, silent = None, 0.0
+                    yield chunk
+                else:
+                    silent += 0.5
+                    if silent >= KEEP_ALIVE_SECONDS:
+                        silent = 0.0
+                        yield b": keep-alive\n\n"
+                now = (live.record.status, live.run.progress)
+                if now != last:
+                    last = now
+                    yield events.sse(
+                        "image_job.progress", job_object(live.record, live, position=self._position(live))
+                    )
+        finally:
+            if upcoming is not None:  # cancelling the pending read ends the follower with it
+                upcoming.cancel()
+
+
+def completed_events(record: JobRecord) -> list[bytes]:
+    """A completed job's `*.completed` events, made again from its stored result with the one builder
+    (the image from the response: b64_json, or the url of a url-mode job)."""
+    result = record.result or {}
+    data = response_of(record)["data"]
+    if "completed" in result:
+        return [
+            events.completed_event(fields, {k: v for k, v in item.items() if k in ("b64_json", "url")})
+            for fields, item in zip(result["completed"], data, strict=False)
+        ]
+    if "events" in result:  # a stream stored before completed events were kept as fields
+        return [chunk.encode() for chunk in result["events"]]
+    kind = "image_generation" if record.operation == "generate" else "image_edit"
+    return [events.sse(f"{kind}.completed", {"type": f"{kind}.completed", **item}) for item in data]
 
 
 def response_of(record: JobRecord) -> dict[str, Any]:
-    """A completed job's ImagesResponse (a stream's is kept beside the events it replays)."""
-    result: dict[str, Any] = record.result["response"] if record.stream else record.result
-    return result
+    """A completed job's ImagesResponse (kept beside its completed events' fields; a result stored by
+    an older limner may be the response itself)."""
+    result: dict[str, Any] = record.result
+    return dict(result.get("response", result))
 
 
 def job_object(record: JobRecord, live: Live | None, *, position: int | None = None) -> dict[str, Any]:
@@ -562,8 +546,8 @@ def job_object(record: JobRecord, live: Live | None, *, position: int | None = N
     }
     if position is not None:
         body["queue_position"] = position
-    if live is not None and live.progress is not None and record.status == "in_progress":
-        body["progress"] = {"step": live.progress[0], "steps": live.progress[1]}
+    if live is not None and live.run.progress is not None and record.status == "in_progress":
+        body["progress"] = {"step": live.run.progress[0], "steps": live.run.progress[1]}
     if record.status == "completed":
         body["result"] = response_of(record)
     if record.status == "failed":

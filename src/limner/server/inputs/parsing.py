@@ -1,15 +1,16 @@
-"""Request bodies into wire models, every failure as a 400 that names its param."""
+"""Request bodies into wire models, every failure as a 400 that names its param (pydantic's errors
+included: from_validation_errors, which the app's error handlers use too)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from limner.errors import InvalidRequest
-from limner.server.errors import from_validation_errors
+from limner.errors import InvalidRequest, UnknownParameter
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -126,3 +127,77 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate({k: v for k, v in data.items() if v is not None})
     except ValidationError as exc:
         raise from_validation_errors(exc.errors()) from None
+
+
+def _param(loc: Sequence[Any]) -> str | None:
+    """('body', 'images', 0, 'image_url') -> 'images[0].image_url'; FastAPI's 'body'/'query' dropped."""
+    parts = [p for p in loc if p not in ("body", "query", "form")]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif out:
+            out += f".{p}"
+        else:
+            out = str(p)
+    return out or None
+
+
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "string": "a string",
+    "str": "a string",
+    "list": "an array",
+    "dict": "an object",
+    "model": "an object",
+}
+
+
+def _shown(value: Any, cap: int = 80) -> str:
+    """A client value as an error message shows it: repr'd (escaped) and capped."""
+    text = repr(value)
+    return text if len(text) <= cap else text[:cap] + f"... ({len(text)} characters)"
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, HugeNumber):
+        return f"an integer of {value.digits} digits"
+    return f"{type(value).__name__} {_shown(value)}"
+
+
+def from_validation_errors(errors: Sequence[Any]) -> InvalidRequest:
+    """The first pydantic error as an OpenAI-style 400 naming its param."""
+    err = errors[0]
+    loc = err.get("loc", ())
+    param = _param(loc)
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return UnknownParameter(param or "")
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    if kind in ("literal_error", "enum"):
+        expected = err.get("ctx", {}).get("expected", "")
+        return InvalidRequest(
+            f"Invalid value: {_shown(err.get('input'))}. Supported values are: {expected}.",
+            param=param,
+            code="invalid_value",
+        )
+    for suffix in ("_type", "_parsing"):
+        if kind.endswith(suffix):
+            name = kind[: -len(suffix)]
+            if name == "model_attributes":
+                name = "model"
+            wanted = _TYPE_NAMES.get(name, name)
+            return InvalidRequest(
+                f"Invalid type for '{param}': expected {wanted}, but got {_described(err.get('input'))} "
+                "instead.",
+                param=param,
+                code="invalid_type",
+            )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {err.get('msg', 'invalid')}.", param=param, code="invalid_value"
+    )
