@@ -278,6 +278,7 @@ def test_every_family_batches_requests_into_one_call(family_dirs: dict[str, Path
     """max_batch > 1: images of one request, and requests with one batch key, share a pipeline call,
     each image with its own prompt and generator, equal to the image made alone up to a level."""
     alone = _engine(family_dirs, family)
+    alone.load()  # run_batch is the server's call: the model is loaded before it (residency's work)
     batched = _engine(family_dirs, family, max_batch=4)
     jobs = [
         GenerateJob(prompt="a cat", width=64, height=64, n=2, seed=1),

@@ -349,7 +349,9 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
     """(event name, payload) of each server-sent event of a body."""
     out = []
     for chunk in text.split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in chunk.splitlines() if ": " in line and not line.startswith(":"))
+        lines = dict(
+            line.split(": ", 1) for line in chunk.splitlines() if ": " in line and not line.startswith(":")
+        )
         if "event" in lines:
             out.append((lines["event"], json.loads(lines["data"])))
     return out
@@ -363,7 +365,14 @@ def shape(payload: dict[str, Any]) -> dict[str, Any]:
 async def test_one_event_name_has_one_shape_in_a_stream_its_events_and_its_result(tmp_path: Path) -> None:
     """The same job read three ways: the stream as it ran, /events after it ended, and GET."""
     async with app_client(Settings(data_dir=tmp_path)) as client:
-        request = {"model": "gpt-image-1", "prompt": "a cat", "quality": "low", "stream": True, "n": 2, "seed": 8}
+        request = {
+            "model": "gpt-image-1",
+            "prompt": "a cat",
+            "quality": "low",
+            "stream": True,
+            "n": 2,
+            "seed": 8,
+        }
         streamed = await client.post(GENERATIONS, json=request, headers={"idempotency-key": "shape-1"})
         job_id = (await client.get("/v1/images/jobs")).json()["data"][0]["id"]
         replayed = await client.get(f"/v1/images/jobs/{job_id}/events")
@@ -380,7 +389,9 @@ async def test_one_event_name_has_one_shape_in_a_stream_its_events_and_its_resul
 async def test_an_async_jobs_events_have_the_streams_shape_while_it_runs(tmp_path: Path) -> None:
     async with app_client(Settings(data_dir=tmp_path)) as client:
         request = {"model": "gpt-image-1", "prompt": "a cat", "quality": "low", "n": 1, "seed": 9}
-        job_id = (await client.post(GENERATIONS, json={**request, "partial_images": 1}, headers=ASYNC)).json()["id"]
+        job_id = (
+            await client.post(GENERATIONS, json={**request, "partial_images": 1}, headers=ASYNC)
+        ).json()["id"]
         following = await client.get(f"/v1/images/jobs/{job_id}/events")
         streamed = await client.post(GENERATIONS, json={**request, "stream": True})
     completed = [shape(p) for name, p in sse_events(following.text) if name == "image_generation.completed"]

@@ -1,8 +1,10 @@
 """The Engine protocol: the one seam between the server and whatever draws the pictures.
 
-Every member is real and called by the server: `check` before anything is queued or streamed,
-`batch_key` and `run_batch` by the scheduler's workers, `load` at start-up (or on first use) and
-`close` at shutdown. `EngineBase` gives the defaults an engine that does not batch needs.
+The protocol holds what the server calls, and only that: `check` before anything is queued or
+streamed, `batch_key` and `run_batch` by the scheduler's workers, `load` (at start-up or on first use)
+and `close` (at shutdown) by limner.scheduler.residency alone. `EngineBase` gives the defaults an
+engine that does not batch needs, and `generate` / `edit` / `vary`, a one-job convenience for such
+engines and for direct use (tests, benchmarks); the server never calls those.
 """
 
 from __future__ import annotations
@@ -86,12 +88,6 @@ class Engine(Protocol):
         context is cancelled may be dropped (its entry is then empty); when every job is cancelled the
         run stops and raises limner.errors.JobCancelled."""
         ...
-
-    def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]: ...
-
-    def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]: ...
-
-    def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]: ...
 
 
 class EngineBase:

@@ -391,13 +391,19 @@ class DiffusersEngine(EngineBase):
             bool(job.negative_prompt),
         )
 
+    # One job at a time, for direct use (tests, benchmarks): these load the model themselves. The server
+    # calls run_batch only, once limner.scheduler.residency has loaded it.
+
     def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
         return self.run_batch([job], [ctx])[0]
 
     def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
         return self.run_batch([job], [ctx])[0]
 
     def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
         return self.run_batch([job], [ctx])[0]
 
     def run_batch(self, jobs: Sequence[Job], contexts: Sequence[JobContext]) -> list[list[Image.Image]]:
@@ -481,8 +487,8 @@ class DiffusersEngine(EngineBase):
 
     def _ready(self, ctx: JobContext) -> _Loaded:
         ctx.check()
-        self.load()
-        assert self._loaded is not None
+        if self._loaded is None:  # the server's residency loads first; direct use goes through generate...
+            raise EngineUnavailable(f"Model '{self.model_name}' is not loaded on this server.")
         return self._loaded
 
     # -- capabilities and checks -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from limner import __version__
 from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
-from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Scheduler
+from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Residency, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
@@ -60,9 +60,12 @@ def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Obse
             batch_wait_ms=max(m.batch_wait_ms for m in served),
         )
     models = {name: ModelLimits(m.engine_key, m.max_queue) for name, m in registry.models.items()}
+    served_by = {key: [name for name, m in registry.models.items() if m.engine_key == key] for key in lanes}
+    residency = Residency({key: lane.engine for key, lane in lanes.items()}, served_by, observer)
     return Scheduler(
         lanes,
         models,
+        residency=residency,
         key_limits=KeyLimits(settings.max_queued_per_key, settings.max_running_per_key),
         observer=observer,
     )
@@ -90,14 +93,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for key, engine in registry.engines.items():
-            if engine.load_at_startup:
-                started = time.perf_counter()
-                await asyncio.to_thread(engine.load)
-                if metrics is not None:
-                    for name, served in registry.models.items():
-                        if served.engine_key == key:
-                            metrics.model_loaded(name, time.perf_counter() - started)
+        await asyncio.to_thread(scheduler.residency.load_at_startup)
         if metrics is not None:
             for name, served in registry.models.items():
                 metrics.model_state(name, loaded=registry.engines[served.engine_key].loaded)
@@ -115,8 +111,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             sweeper.cancel()
             manager.stop()
             scheduler.shutdown()
-            for engine in registry.engines.values():
-                engine.close()
+            scheduler.residency.close_all()
 
     app = FastAPI(title="limner", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
