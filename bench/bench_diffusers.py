@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from limner import imaging
-from limner.engines.diffusers import _dtype_keyword, create_engine
+from limner.engines.diffusers import create_engine
+from limner.engines.diffusers.loading import _dtype_keyword
 from limner.engines.jobs import GenerateJob, JobContext
 
 PROMPT = "a lighthouse on a rocky coast at dusk, oil painting"
@@ -94,7 +95,7 @@ def run(source: str, sizes: list[int], steps: int, rounds: int, *, with_server: 
 
     import inspect
 
-    family = engine._text_kwargs(GenerateJob(width=64, height=64, prompt=PROMPT), PROMPT)
+    family = engine.calls._text_kwargs(GenerateJob(width=64, height=64, prompt=PROMPT), PROMPT)
     family.pop("prompt")
     takes = inspect.signature(pipe.__call__).parameters
     if "use_resolution_binning" in takes:

@@ -174,7 +174,7 @@ def test_edit_pipelines_share_the_xl_weights(xl_engine: Any) -> None:
         "inpaint": "StableDiffusionXLInpaintPipeline",
     }
     for task, class_name in expected.items():
-        view = xl_engine._view(loaded, task)
+        view = xl_engine.calls._view(loaded, task)
         assert type(view).__name__ == class_name
         for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer_2"):
             assert getattr(view, name) is getattr(base, name), f"{task} has its own {name}"
@@ -184,9 +184,9 @@ def test_edit_pipelines_share_the_xl_weights(xl_engine: Any) -> None:
 def test_linear_previews_use_the_xl_factors(xl_engine: Any) -> None:
     import torch
 
-    from limner.engines.diffusers_previews import PreviewDecoder
+    from limner.engines.diffusers.previews import PreviewDecoder
 
-    view = xl_engine._view(xl_engine._loaded, "text2image")
+    view = xl_engine.calls._view(xl_engine._loaded, "text2image")
     latents = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(0))
     xl = PreviewDecoder(view, "auto", 128, 64).decode(latents)
     assert xl is not None and xl[0].size == (128, 64)

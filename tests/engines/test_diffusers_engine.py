@@ -19,7 +19,7 @@ from PIL import Image
 
 from limner.engines.base import Engine
 from limner.engines.diffusers import EXTRA_HINT, create_engine, parse_options
-from limner.engines.diffusers_previews import preview_steps
+from limner.engines.diffusers.previews import preview_steps
 from limner.engines.jobs import EditJob, GenerateJob, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 from tests.support.tiny_pipeline import TINY_STEPS
@@ -480,7 +480,7 @@ def test_a_job_cancelled_before_it_starts_runs_nothing(tiny_engine: Any) -> None
 def test_one_set_of_weights_and_a_fresh_scheduler_per_call(tiny_engine: Any) -> None:
     loaded = _parts(tiny_engine)
     base = loaded.base
-    views = [tiny_engine._view(loaded, task) for task in ("text2image", "image2image", "inpaint")]
+    views = [tiny_engine.calls._view(loaded, task) for task in ("text2image", "image2image", "inpaint")]
     assert [type(v).__name__ for v in views] == [
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
@@ -506,7 +506,7 @@ def test_configured_scheduler_is_used(tiny_text2image_dir: Path, tiny_engine: An
         },
     )
     euler.load()
-    view = euler._view(_parts(euler), "text2image")
+    view = euler.calls._view(_parts(euler), "text2image")
     assert type(view.scheduler).__name__ == "EulerDiscreteScheduler"
     assert view.scheduler.config.beta_schedule == "scaled_linear"  # the model's schedule, kept
     assert not _same(_gen(euler)[0], _gen(tiny_engine)[0])

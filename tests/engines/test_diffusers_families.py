@@ -159,7 +159,7 @@ def test_a_package_the_checkpoint_needs_is_named_at_start_up(tmp_path: Path) -> 
 
 
 def test_a_t5_tokenizer_without_tokenizer_json_needs_sentencepiece(tmp_path: Path) -> None:
-    from limner.engines.diffusers_families import missing_packages
+    from limner.engines.diffusers.families import missing_packages
 
     index = {"tokenizer_2": ["transformers", "T5TokenizerFast"]}
     (tmp_path / "tokenizer_2").mkdir()

@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 from limner.engines.base import Engine
 from limner.engines.jobs import Detail, EditJob, GenerateJob, JobContext, VaryJob
 from limner.engines.sketch import SketchEngine, preview_sizes
-from limner.engines.sketch_scene import plan_scene
-from limner.engines.sketch_words import COLOURS, read_prompt
+from limner.engines.sketch.scene import plan_scene
+from limner.engines.sketch.words import COLOURS, read_prompt
 from limner.errors import InvalidRequest, JobCancelled
 
 ENGINE = SketchEngine()

@@ -22,6 +22,7 @@ from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
 from limner.server.serving.durable import JobManager
+from limner.server.serving.jobs_api import JobsApi
 from limner.server.settings import Settings
 from limner.stores.images import ImageStore, open_image_store
 from limner.stores.jobs import JobStore, open_job_store
@@ -126,6 +127,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
         app, job_store, {"generate": generations.parse, "edit": edits.parse, "vary": variations.parse}
     )
     app.state.jobs = manager
+    app.state.jobs_api = JobsApi(manager)
     app.state.metrics = metrics
     app.state.started = int(time.time())
 

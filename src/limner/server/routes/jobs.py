@@ -22,23 +22,23 @@ async def list_jobs(
         "their Idempotency-Key; both when absent",
     ),
 ) -> JSONResponse:
-    response: JSONResponse = await request.app.state.jobs.listing(request, limit, before, mode)
+    response: JSONResponse = await request.app.state.jobs_api.listing(request, limit, before, mode)
     return response
 
 
 @router.get("/images/jobs/{job_id}")
 async def get_job(request: Request, job_id: str) -> JSONResponse:
-    response: JSONResponse = await request.app.state.jobs.retrieve(request, job_id)
+    response: JSONResponse = await request.app.state.jobs_api.retrieve(request, job_id)
     return response
 
 
 @router.get("/images/jobs/{job_id}/events")
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
-    response: StreamingResponse = await request.app.state.jobs.events(request, job_id)
+    response: StreamingResponse = await request.app.state.jobs_api.events(request, job_id)
     return response
 
 
 @router.delete("/images/jobs/{job_id}")
 async def cancel_job(request: Request, job_id: str) -> JSONResponse:
-    response: JSONResponse = await request.app.state.jobs.cancel(request, job_id)
+    response: JSONResponse = await request.app.state.jobs_api.cancel(request, job_id)
     return response

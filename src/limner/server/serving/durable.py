@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import InvalidRequest, JobCancelled, LimnerError, NotFound
+from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server.errors import server_error
 from limner.server.serving import events
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("limner.jobs")
 
 Parse = Callable[[Request], Awaitable[Work]]
-#: How long /events stays silent before it sends a keep-alive comment.
-KEEP_ALIVE_SECONDS = 10.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CALLBACK_HEADER = "X-Limner-Callback-Url"
 SIGNATURE_HEADER = "X-Limner-Signature"
@@ -412,102 +410,15 @@ class JobManager:
 
     def _job_response(self, record: JobRecord, live: Live | None, *, status: int = 200) -> JSONResponse:
         return JSONResponse(
-            job_object(record, live, position=self._position(live)),
+            job_object(record, live, position=self.position(live)),
             status_code=status,
             headers={"Location": f"/v1/images/jobs/{record.id}"},
         )
 
-    def _position(self, live: Live | None) -> int | None:
+    def position(self, live: Live | None) -> int | None:
         if live is None or live.run.ticket is None or live.record.status != "queued":
             return None
         return self.scheduler.position(live.run.ticket)
-
-    # -- the jobs routes --------------------------------------------------------------------------
-
-    async def find(self, request: Request, job_id: str) -> tuple[JobRecord, Live | None]:
-        live = self.live.get(job_id)
-        record = live.record if live else await asyncio.to_thread(self.store.get, job_id)
-        if record is None or record.owner != owner_of(request):
-            # Another key's job is as unknown as a job that never was.
-            raise NotFound(f"No job with id '{job_id}'.", param="id", code="job_not_found")
-        return record, live
-
-    async def retrieve(self, request: Request, job_id: str) -> JSONResponse:
-        record, live = await self.find(request, job_id)
-        return JSONResponse(job_object(record, live, position=self._position(live)))
-
-    async def cancel(self, request: Request, job_id: str) -> JSONResponse:
-        record, live = await self.find(request, job_id)
-        if live is not None and record.status not in ENDED:
-            live.run.cancel()
-            await live.done.wait()
-        return JSONResponse(job_object(record, None))
-
-    async def listing(
-        self, request: Request, limit: int, before: int | None, mode: str | None = None
-    ) -> JSONResponse:
-        records = await asyncio.to_thread(
-            self.store.of_owner, owner_of(request), limit=limit + 1, before=before, mode=mode
-        )
-        data = [
-            job_object(self.live[r.id].record if r.id in self.live else r, self.live.get(r.id))
-            for r in records[:limit]
-        ]
-        return JSONResponse({"object": "list", "data": data, "has_more": len(records) > limit})
-
-    async def events(self, request: Request, job_id: str) -> StreamingResponse:
-        record, live = await self.find(request, job_id)
-
-        async def stream() -> AsyncIterator[bytes]:
-            yield events.sse("image_job.status", job_object(record, live, position=self._position(live)))
-            replay = live is None or not live.run.with_events  # else the run's feed has them
-            if live is not None:
-                async for chunk in self._follow(live):
-                    yield chunk
-                await live.done.wait()
-            final = live.record if live else record
-            if final.status == "completed" and replay:
-                for chunk in completed_events(final):
-                    yield chunk
-            if final.status == "failed":
-                yield events.sse("error", final.error)
-            yield events.sse(f"image_job.{final.status}", job_object(final, None))
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=STREAM_HEADERS)
-
-    async def _follow(self, live: Live) -> AsyncIterator[bytes]:
-        """The run's events as they come, a progress event when status or step changes, and a keep-alive
-        comment in a long silence (a queued job may wait minutes), until the run is done."""
-        follower = live.run.follow()
-        upcoming: asyncio.Future[bytes] | None = None
-        last: tuple[str, Any] | None = None
-        silent = 0.0
-        try:
-            while True:
-                if upcoming is None:
-                    upcoming = asyncio.ensure_future(follower.__anext__())
-                finished, _ = await asyncio.wait({upcoming}, timeout=0.5)
-                if finished:
-                    try:
-                        chunk = upcoming.result()
-                    except StopAsyncIteration:
-                        return
-                    upcoming, silent = None, 0.0
-                    yield chunk
-                else:
-                    silent += 0.5
-                    if silent >= KEEP_ALIVE_SECONDS:
-                        silent = 0.0
-                        yield b": keep-alive\n\n"
-                now = (live.record.status, live.run.progress)
-                if now != last:
-                    last = now
-                    yield events.sse(
-                        "image_job.progress", job_object(live.record, live, position=self._position(live))
-                    )
-        finally:
-            if upcoming is not None:  # cancelling the pending read ends the follower with it
-                upcoming.cancel()
 
 
 def completed_events(record: JobRecord) -> list[bytes]:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from PIL import Image
 
 PreviewMode = Literal["auto", "linear", "vae"]
-#: How a family's callback latents are laid out (limner.engines.diffusers_families).
+#: How a family's callback latents are laid out (limner.engines.diffusers.families).
 Layout = Literal["spatial", "flux", "qwen", "flux2"]
 
 # Latent channel -> (R, G, B) factors and an RGB bias, as used by ComfyUI's latent previewer.

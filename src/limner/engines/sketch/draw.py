@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from limner.engines.sketch_words import RGB
+from limner.engines.sketch.words import RGB
 
 F32 = NDArray[np.float32]
 #: A signed distance field: (x, y) pixel offsets from a shape's centre -> distance in pixels.

@@ -42,9 +42,9 @@ from PIL import Image, ImageEnhance
 
 from limner.engines.base import EngineBase, EngineInfo
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
-from limner.engines.sketch_inputs import Drawer, compose, edit_drawer, fit, vary_drawer
-from limner.engines.sketch_scene import LEVELS, Check, plan_scene, render
-from limner.engines.sketch_words import read_prompt
+from limner.engines.sketch.inputs import Drawer, compose, edit_drawer, fit, vary_drawer
+from limner.engines.sketch.scene import LEVELS, Check, plan_scene, render
+from limner.engines.sketch.words import read_prompt
 from limner.errors import InvalidRequest, InvalidValue
 
 _INFO = EngineInfo(

@@ -24,10 +24,10 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from limner.engines.sketch_draw import F32, blur, planar, sd_box, shrink, smooth_noise, to_u8, upscale
-from limner.engines.sketch_palette import Palette, build_palette, image_colours
-from limner.engines.sketch_scene import Check, background, make_rng, plan_scene, render
-from limner.engines.sketch_words import PromptPlan, read_prompt
+from limner.engines.sketch.draw import F32, blur, planar, sd_box, shrink, smooth_noise, to_u8, upscale
+from limner.engines.sketch.palette import Palette, build_palette, image_colours
+from limner.engines.sketch.scene import Check, background, make_rng, plan_scene, render
+from limner.engines.sketch.words import PromptPlan, read_prompt
 
 #: Renders one image at a given (width, height).
 Drawer = Callable[[int, int, Check], Image.Image]

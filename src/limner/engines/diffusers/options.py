@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from limner.engines.diffusers_previews import PreviewMode
+from limner.engines.diffusers.previews import PreviewMode
 from limner.engines.jobs import Detail
 from limner.rules import MAX_IMAGES_PER_EDIT
 

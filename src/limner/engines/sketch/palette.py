@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from limner.engines.sketch_words import RGB
+from limner.engines.sketch.words import RGB
 
 #: The guidance scale used when a job gives none (diffusers' common default).
 DEFAULT_GUIDANCE = 7.5

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from limner.engines.sketch_draw import (
+from limner.engines.sketch.draw import (
     F32,
     Canvas,
     Field,
@@ -30,7 +30,7 @@ from limner.engines.sketch_draw import (
     smooth_noise,
     upscale,
 )
-from limner.engines.sketch_palette import (
+from limner.engines.sketch.palette import (
     NATURAL_COLOURS,
     Palette,
     at_night,
@@ -39,7 +39,7 @@ from limner.engines.sketch_palette import (
     rotate_hue,
     shade,
 )
-from limner.engines.sketch_words import RGB, PromptPlan
+from limner.engines.sketch.words import RGB, PromptPlan
 
 Check = Callable[[], None]
 

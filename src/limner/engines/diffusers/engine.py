@@ -1,0 +1,272 @@
+"""The diffusers engine: Hugging Face diffusers models of every current family behind the Engine protocol.
+
+    create_engine("sd15", {"source": "/models/sd15", "device": "auto"}) -> DiffusersEngine
+
+What it does, and the decisions behind it:
+
+* **Capabilities before weights.** The pipeline class in `model_index.json` picks a row of the family
+  table (diffusers_families), and the checkpoint's configs add the rest (VAE factor, distillation,
+  RGBA VAE, authored sigmas). `check()` refuses from that `Capabilities` object alone, before loading
+  anything, and the engine's info (so /v1/models) shows the same object.
+* **Loading.** `AutoPipelineForText2Image.from_pretrained(source)` (`local_files_only` when the source is
+  a folder), falling back to `DiffusionPipeline` for pipelines the AutoPipeline tables do not know (they
+  then only generate). Lazily on the first job, or at server start with `load = "startup"`. `load()`
+  is idempotent and thread-safe. torch and diffusers are imported inside functions, never when this
+  module is imported, so a server without the [diffusers] extra still starts and says what to install.
+* **One set of weights.** Image-to-image and inpainting use `AutoPipelineFor*.from_pipe(base)`, which
+  builds a pipeline object around the *same* modules (no copy, no dtype conversion). An
+  `inpaint_source` (a dedicated inpainting checkpoint) is the one exception: a second set of weights,
+  used for masked edits only.
+* **Schedulers are stateful** (timesteps, step index), so every pipeline call gets a fresh scheduler
+  built from the configured one's config, inside a per-call pipeline view (`from_pipe(base,
+  scheduler=fresh)`, ~2 ms); the loaded pipeline's own scheduler is never stepped.
+* **Sizes** are never changed: a size the model cannot make is a 400 (param `size`). Without a `sizes`
+  list, any width and height that are multiples of `size_multiple` up to `max_size`; by default the
+  multiple the pipeline needs (the VAE's factor times the family's latent multiple: 64 for the SD
+  UNets, 16 for the packed or patched transformers, 32 for SANA). Every pipeline is told the size.
+* **Seeds.** Image i of a job uses `seed + i`, through its own CPU `torch.Generator` (CPU generators give
+  the same noise on every device). With `max_batch = 1` images run one per pipeline call, so image i
+  of a request is bit-identical to image 0 of a request with `seed + i`; `max_batch > 1` batches a
+  request's images and those of concurrent requests with the same batch key (one prompt, input and
+  generator per image; faster, but batched kernels may differ from unbatched ones by a level in a
+  pixel).
+* **Edits.** With a mask (255 = repaint): the inpaint pipeline, then the result is composed back onto
+  the input through the mask, so every pixel outside the mask is bit-identical to the input (at the
+  output size; identical to the upload when the sizes match), in partial previews as well. Without a
+  mask: image-to-image with a strength that follows `input_fidelity`, one image. Reference-image
+  editors (FLUX.2, Kontext, Qwen-Image-Edit, Qwen-Image 2.1) take all of an edit's images as
+  references of one call instead, up to the model's limit, and have no strength.
+* **Variations**: image-to-image from the input with an empty prompt at a moderate strength (`vary`),
+  or, for reference editors, an edit with an empty instruction; one seed per image.
+* **background=transparent** is honoured only by a model whose VAE decodes RGBA (Qwen-Image 2.1), with
+  that alpha; elsewhere a 400 (param `background`): a matte guessed from the borders would claim an
+  alpha channel the model never produced.
+* **Guidance and negative prompts** mean one thing per family (CFG, a distilled guidance input, or
+  Qwen's true CFG); what a model cannot honour (guidance on a step-distilled model, a negative prompt
+  where guidance is off or the pipeline takes none) is a 400 naming the field, never silently dropped.
+* **Long prompts** are cut by the pipeline to its text encoder's window (77 CLIP tokens for the SD
+  family; diffusers logs what it dropped) rather than refused: OpenAI's prompt limits are far longer,
+  and clients written for them send long prompts.
+* **Partial images and cancellation** go through `callback_on_step_end`: previews at steps spread over
+  the run (see diffusers_previews), and, when the job is cancelled, the pipeline's `_interrupt` flag is
+  set and JobCancelled is raised from the callback, which also skips the final VAE decode.
+
+Options (the model's table in the config, minus `engine`): source, inpaint_source, device, dtype,
+scheduler, steps, guidance, sizes, size_multiple, max_size, max_pixels, strength, preview, max_batch,
+load, max_images, true_cfg_scale, resolution_binning.
+Unknown options are a ValueError, so typos in the config fail at start instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+from limner.engines.base import EngineBase, EngineInfo
+from limner.engines.diffusers import families
+from limner.engines.diffusers.calls import Calls, _Entry
+from limner.engines.diffusers.capabilities import Capabilities, Checks, _check_options_apply
+from limner.engines.diffusers.loading import (
+    Loader,
+    _check_source,
+    _Loaded,
+    _local_folder,
+    _module,
+    _require_extra,
+    _resolve_device,
+    _resolve_dtype,
+)
+from limner.engines.diffusers.model import Model
+from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
+from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
+from limner.errors import EngineUnavailable, JobCancelled
+
+logger = logging.getLogger("limner.engines.diffusers")
+
+
+def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngine:
+    """Validate the options, check that the extra and the checkpoint's own needs are installed, and
+    return an engine (not loaded yet).
+
+    Raises ValueError for a bad option (the message names it) and EngineUnavailable when a package is
+    missing (the message names it). Imports torch and diffusers (seconds).
+    """
+    parsed = parse_options(options)
+    _require_extra(model_name)
+    for option in ("source", "inpaint_source"):
+        _check_source(model_name, option, getattr(parsed, option))
+    folder = _local_folder(parsed.source)
+    if folder is not None:
+        missing = families.missing_packages(folder, families.read_config(folder, "model_index.json"))
+        if missing:
+            raise EngineUnavailable(
+                f"Model '{model_name}' needs packages that are not installed: {'; '.join(missing)}. "
+                "Install them (pip install <package>) and start the server again."
+            )
+    torch, diffusers = _module("torch"), _module("diffusers")
+    if parsed.scheduler is not None:
+        cls = getattr(diffusers, parsed.scheduler, None)
+        if not (inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise option_error("scheduler", f"{parsed.scheduler!r} is not a diffusers scheduler class")
+    device = _resolve_device(torch, parsed.device)
+    engine = DiffusersEngine(
+        model_name, parsed, device=device, dtype=_resolve_dtype(torch, parsed.dtype, device)
+    )
+    need = engine.caps.required_multiple
+    if parsed.size_multiple is not None and parsed.size_multiple % need:
+        raise option_error(
+            "size_multiple", f"must be a multiple of {need} for this pipeline, got {parsed.size_multiple}"
+        )
+    if engine.caps.pipeline != "unknown":
+        _check_options_apply(options, engine.caps)
+    bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
+    if bad:
+        raise option_error("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
+    return engine
+
+
+class DiffusersEngine(EngineBase):
+    """Draws with one diffusers model. Synchronous; the scheduler runs `concurrency` batches at once."""
+
+    def __init__(self, model_name: str, options: DiffusersOptions, *, device: str, dtype: Any) -> None:
+        self.model = Model(model_name, options, device, dtype, _local_folder(options.source))
+        self.loader = Loader(self.model)
+        self.checks = Checks(self.model)
+        self.calls = Calls(self.model, self.checks)
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self.model.caps = self.checks.capabilities()
+        self.model.info = self.checks.make_info()
+
+    @property
+    def model_name(self) -> str:
+        return self.model.model_name
+
+    @property
+    def options(self) -> DiffusersOptions:
+        return self.model.options
+
+    @property
+    def caps(self) -> Capabilities:
+        assert self.model.caps is not None
+        return self.model.caps
+
+    # -- Engine protocol ---------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        assert self.model.info is not None
+        return self.model.info
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def load_at_startup(self) -> bool:
+        """True when the config says `load = "startup"`: the server calls load() before serving."""
+        return self.options.load_at_startup
+
+    def load(self) -> None:
+        if self._loaded is not None:
+            return
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self.loader.load_pipeline()
+                # The real class is known now (a folder without model_index.json could not tell).
+                self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)
+                self.model.info = self.checks.make_info()
+
+    def close(self) -> None:
+        """Drop the pipelines (and the device memory they hold)."""
+        with self._lock:
+            self._loaded = None
+        torch = _module("torch")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def check(self, job: Job) -> None:
+        """Everything that can be refused before the pipeline runs, from the capabilities alone (no
+        weights needed): operation, size, background, the images and mask of edits, input_fidelity,
+        negative_prompt, guidance_scale and steps. No image is resized here (this runs on the event
+        loop); the run resizes them once."""
+        self.calls.plan(job, inputs=False)
+
+    def batch_key(self, job: Job) -> Hashable | None:
+        """Jobs that one pipeline call can run together: the same task, size, steps, guidance,
+        strength (the scheduler is fixed per model) and whether there is a negative prompt. Prompts,
+        inputs and seeds differ per image. Reference edits run alone: their references are shared by
+        every image of the call."""
+        task = self.calls.task(job)
+        if task == "reference" or (isinstance(job, EditJob) and len(job.images) > 1):
+            return None  # references are shared by every image of a call: one job per call
+        strength = self.calls.strength(job)
+        return (
+            task,
+            job.width,
+            job.height,
+            self.calls.steps(job, strength),
+            self.calls.guidance(job),
+            strength,
+            bool(job.negative_prompt),
+        )
+
+    # One job at a time, for direct use (tests, benchmarks): these load the model themselves. The server
+    # calls run_batch only, once limner.scheduler.residency has loaded it.
+
+    def generate(self, job: GenerateJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
+        return self.run_batch([job], [ctx])[0]
+
+    def edit(self, job: EditJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
+        return self.run_batch([job], [ctx])[0]
+
+    def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
+        self.load()
+        return self.run_batch([job], [ctx])[0]
+
+    def run_batch(self, jobs: Sequence[Job], contexts: Sequence[JobContext]) -> list[list[Image.Image]]:
+        """Every image of every job, in pipeline calls of up to `max_batch` images: one prompt, one
+        input and one CPU generator (seed + i of its own job) per image, so each request gets exactly
+        its own images. A job whose client left is dropped (an empty list); a call whose jobs have all
+        left is interrupted; when every job has left, JobCancelled."""
+        for job in jobs:
+            self.calls.plan(job, inputs=False)
+        loaded = self._ready(next((c for c in contexts if not c.cancelled), contexts[0]))
+        plans = [self.calls.plan(job) for job in jobs]
+        entries = [
+            _Entry(index, image, ctx, plan)
+            for index, (plan, ctx) in enumerate(zip(plans, contexts, strict=True))
+            for image in range(plan.job.n)
+        ]
+        # Previews stream image after image: a job that wants them and has several images runs one
+        # image per call (streams send one-image jobs, which batch freely).
+        single = any(c.partial_images > 0 and p.job.n > 1 for p, c in zip(plans, contexts, strict=True))
+        size = 1 if single else self.info.max_batch  # 1 for families that refuse batches
+        results: list[list[Image.Image]] = [[] for _ in jobs]
+        for first in range(0, len(entries), size):
+            chunk = [e for e in entries[first : first + size] if not e.ctx.cancelled]
+            if not chunk:
+                continue
+            try:
+                images = self.calls.call(loaded, chunk)
+            except JobCancelled:
+                continue  # everyone in this call left; later calls may still have someone waiting
+            for entry, image in zip(chunk, images, strict=True):
+                if not entry.ctx.cancelled:
+                    results[entry.job_index].append(image)
+        if all(c.cancelled for c in contexts):
+            raise JobCancelled()
+        return results
+
+    def _ready(self, ctx: JobContext) -> _Loaded:
+        ctx.check()
+        if self._loaded is None:  # the server's residency loads first; direct use goes through generate...
+            raise EngineUnavailable(f"Model '{self.model_name}' is not loaded on this server.")
+        return self._loaded
