@@ -5,7 +5,9 @@ renders them as {"error": {...}}. Tree:
 
     LimnerError                         500 server_error
     ├── InvalidRequest                  400 invalid_request_error (param names the field)
-    │   └── UnknownParameter            400 code unknown_parameter
+    │   ├── InvalidValue                400 code invalid_value
+    │   ├── UnknownParameter            400 code unknown_parameter
+    │   └── InvalidImage                400 an upload that is not a usable image (param names it)
     ├── AuthenticationFailed            401
     ├── NotFound                        404
     │   └── ModelNotFound               404 code model_not_found, param model
@@ -13,8 +15,12 @@ renders them as {"error": {...}}. Tree:
     ├── RateLimited                     429 code rate_limit_exceeded (+ Retry-After)
     ├── EngineUnavailable               503 (an engine or extra that is not installed or not loaded)
     ├── ServiceUnavailable              503 (the key database cannot be read)
-    ├── StorageUnavailable              507 (url-mode images cannot be stored: disk full, read-only)
-    └── JobCancelled                    (the client left; never rendered)
+    └── StorageUnavailable              507 (url-mode images cannot be stored: disk full, read-only)
+
+    JobCancelled (an Exception, not a LimnerError: no envelope of its own)
+                                        the client left, or the job was cancelled; the server
+                                        answers 499 (nginx's "client closed request"), which
+                                        nobody reads
 """
 
 from __future__ import annotations

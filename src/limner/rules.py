@@ -1,6 +1,6 @@
 """The model profiles as one table of data, and the pure functions that apply them to a request.
 
-Every rule of contract section 10 lives here: which sizes, n, qualities, formats and prompt lengths a
+Every rule of docs/images-contract.md, section 10 lives here: which sizes, n, qualities, formats and prompt lengths a
 model accepts, which fields it takes at all, how `auto` and omitted fields resolve, the default-model
 rule, and the usage estimate. The server parses a body into a `limner.types` model, then calls
 `resolve_generation` / `resolve_edit` / `resolve_variation`, which either return a `Resolved` request
@@ -39,7 +39,7 @@ GPT_ONLY_FIELDS = (
 #: The `default:` the published spec gives each optional field. Clients generated from the spec
 #: (openapi-generator's Ruby and Python ones) send every one of them, so a field sent with this value
 #: means the same as the field absent: it neither picks the GPT default model nor counts as a field
-#: the model does not take (contract section 10, revised). Other values keep the per-model rules.
+#: the model does not take (docs/images-contract.md, section 10, revised). Other values keep the per-model rules.
 SPEC_DEFAULTS: dict[str, object] = {
     "background": "auto",
     "moderation": "auto",
@@ -82,7 +82,7 @@ class ModelProfile:
     #: GPT-image request fields (background, output_format, stream, ...) are accepted.
     gpt_fields: bool = False
     input_fidelity: bool = False
-    #: What an omitted `response_format` means. Every model honours the field (contract section 10,
+    #: What an omitted `response_format` means. Every model honours the field (docs/images-contract.md, section 10,
     #: revised): limner can serve a link for any image.
     default_response_format: Literal["url", "b64_json"] = "b64_json"
     #: The response echoes size, quality, background and output_format; GPT models add usage.
@@ -110,7 +110,7 @@ _GPT = dict(
     owned_by="openai",
 )
 
-#: The rule table: every OpenAI model name the spec knows (contract sections 2-4 and 10).
+#: The rule table: every OpenAI model name the spec knows (docs/images-contract.md, sections 2-4 and 10).
 OPENAI_PROFILES: dict[str, ModelProfile] = {
     p.name: p
     for p in (
@@ -512,7 +512,7 @@ def resolve_generation(lookup: ProfileLookup, req: CreateImageRequest) -> Resolv
     # `auto` is the spec's default size: for a model without it (dall-e-2, dall-e-3) it means the same
     # as no size, the model's default.
     size = profile.default_size if requested == "auto" else requested
-    # `style` is accepted and ignored for models other than dall-e-3 (contract section 10), so that
+    # `style` is accepted and ignored for models other than dall-e-3 (docs/images-contract.md, section 10), so that
     # DALL-E-era clients that always send it keep working; dall-e-3 checks its value.
     return _common(profile, "generate", req, prompt=req.prompt, size=size, requested_size=requested)
 
@@ -588,7 +588,7 @@ def resolve_variation(lookup: ProfileLookup, req: CreateImageVariationRequest) -
 
 
 # --------------------------------------------------------------------------------------------------
-# Usage (an estimate: local models have no tokens; contract section 10)
+# Usage (an estimate: local models have no tokens; docs/images-contract.md, section 10)
 
 #: gpt-image-1's published output tokens per image at 1024x1024, 1024x1536, 1536x1024.
 OUTPUT_TOKENS: dict[str, dict[str, int]] = {

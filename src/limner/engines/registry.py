@@ -1,7 +1,7 @@
 """Model name -> (rule profile, engine). Engines are built from the settings and loaded lazily.
 
 Every OpenAI model name is served by the one shared sketch engine unless the config maps it elsewhere;
-config names that are not OpenAI's get a local profile built from their table (contract section 10).
+config names that are not OpenAI's get a local profile built from their table (docs/images-contract.md, section 10).
 An engine comes from the table of factories below (`ENGINE_FACTORIES`), or is handed in ready-made
 (`create_app(settings, engines={...})`, which is how a test serves its own engine).
 """

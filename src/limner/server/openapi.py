@@ -27,7 +27,7 @@ SIZE_SCHEMA: dict[str, Any] = {
     "type": "string",
     "pattern": "^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$",
     "description": "WIDTHxHEIGHT, or auto. Fixed lists for DALL-E and most GPT image models "
-    "(see the contract); gpt-image-2 and local models take any WxH within their limits "
+    "(per model: GET /v1/models); gpt-image-2 and local models take any WxH within their limits "
     "(GET /v1/models lists them).",
     "examples": ["1024x1024", "1536x1024", "1024x1536", "256x256", "512x512", "auto"],
 }

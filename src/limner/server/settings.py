@@ -13,7 +13,7 @@ The config file (``limner serve --config limner.toml``)::
     image_url_timeout = 10.0
     image_url_max_bytes = 20971520
 
-    [defaults]                                   # the default-model rule (contract section 10)
+    [defaults]                                   # the default-model rule (docs/images-contract.md, section 10)
     generation_model = "dall-e-2"
     gpt_generation_model = "gpt-image-1.5"
     edit_model = "gpt-image-1.5"

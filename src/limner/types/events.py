@@ -1,4 +1,4 @@
-"""Server-sent stream events (contract section 5b): partial images and completed images."""
+"""Server-sent stream events (docs/images-contract.md, section 5b): partial images and completed images."""
 
 from typing import Annotated, Any, Literal
 

@@ -1,4 +1,4 @@
-"""Request bodies of the three Images endpoints (contract sections 2 to 4), plus limner's extensions.
+"""Request bodies of the three Images endpoints (docs/images-contract.md, sections 2 to 4), plus limner's extensions.
 
 Closed enums are Literals so the schema documents the wire; which values a given model accepts is the
 rule table's job (limner.rules), which narrows them per model with errors that name the field.
@@ -19,7 +19,7 @@ Moderation = Literal["low", "auto"]
 Style = Literal["vivid", "natural"]
 InputFidelity = Literal["high", "low"]
 
-#: limner's documented extensions (contract section 10), accepted on all three endpoints.
+#: limner's documented extensions (docs/images-contract.md, section 10), accepted on all three endpoints.
 EXTENSION_FIELDS = ("seed", "negative_prompt", "num_inference_steps", "guidance_scale")
 
 

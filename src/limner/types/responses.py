@@ -1,4 +1,4 @@
-"""ImagesResponse and its parts (contract section 5a)."""
+"""ImagesResponse and its parts (docs/images-contract.md, section 5a)."""
 
 from typing import Literal
 

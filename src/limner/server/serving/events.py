@@ -26,7 +26,7 @@ def b64(data: bytes) -> str:
 
 
 def _echo(resolved: rules.Resolved) -> dict[str, Any]:
-    # Stream events echo the *requested* settings (contract 5b), so `auto` may appear.
+    # Stream events echo the *requested* settings (docs/images-contract.md, section 5b), so `auto` may appear.
     return {
         "created_at": int(time.time()),
         "size": resolved.requested_size,

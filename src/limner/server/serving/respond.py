@@ -62,7 +62,7 @@ async def body(request: Request, work: Work) -> JSONResponse:
 
 
 async def stream(request: Request, work: Work) -> StreamingResponse:
-    """SSE: for each image in turn, its partial images then its completed event (contract 10).
+    """SSE: for each image in turn, its partial images then its completed event (docs/images-contract.md, section 10).
 
     The first job is queued before the response starts, so a full queue is still a plain 429, and the
     headers say how long it waited and the size of its batch. A failure after the stream started is

@@ -1,7 +1,8 @@
 """API keys in PostgreSQL, for servers and replicas that share one set of keys (`keys_url`).
 
-The key store's contract (base.py): SHA-256 hashes, constant-time checks, and failing closed. "Keys are required" is a row in `limner_meta`, written with the first key, so revoking
-every key leaves the servers closed; a database that cannot be reached is KeyDatabaseError (a 503
+The key store's contract (base.py): SHA-256 hashes, constant-time checks, and failing closed. "Keys are
+required" is a row in `limner_meta`, written with the first key, so revoking every key leaves the
+servers closed; a database that cannot be reached is KeyDatabaseError (a 503
 while serving, a one-line error at start-up). psycopg is imported only when this store is configured.
 """
 
