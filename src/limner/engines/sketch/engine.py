@@ -37,12 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 from PIL import Image, ImageEnhance
 
 from limner.engines.base import EngineBase, EngineInfo
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
-from limner.engines.sketch.inputs import Drawer, compose, edit_drawer, fit, vary_drawer
+from limner.engines.sketch.inputs import Drawer, edit_drawer, fit, vary_drawer
 from limner.engines.sketch.scene import LEVELS, Check, plan_scene, render
 from limner.engines.sketch.words import read_prompt
 from limner.errors import InvalidRequest, InvalidValue
@@ -163,16 +162,9 @@ class SketchEngine(EngineBase):
                 guidance=job.guidance_scale,
             )
 
-        finish = None
-        if mask is not None:
-            src = images[0]
-            kept = mask
-
-            def finish(preview: Image.Image) -> Image.Image:  # previews keep the unmasked pixels exactly
-                arr = preview.convert("RGBA" if job.transparent else "RGB")
-                return compose(src, np.asarray(arr), (0, 0), kept, job.transparent)
-
-        return self._run(job, ctx, drawer, finish)
+        # Pixels outside the mask are the server's to keep (limner.server.serving.run); the drawer
+        # paints only inside it, as this engine draws an edit.
+        return self._run(job, ctx, drawer)
 
     def vary(self, job: VaryJob, ctx: JobContext) -> list[Image.Image]:
         self._check_job(job)
@@ -214,7 +206,6 @@ class SketchEngine(EngineBase):
         job: Job,
         ctx: JobContext,
         make: Callable[[int], Drawer],
-        finish: Callable[[Image.Image], Image.Image] | None = None,
     ) -> list[Image.Image]:
         """Draws job.n images, image i with seed + i, with ctx.partial_images previews each."""
         want = ctx.partial_images if ctx.on_partial is not None else 0
@@ -225,7 +216,7 @@ class SketchEngine(EngineBase):
             for p, (pw, ph) in enumerate(preview_sizes(job.width, job.height, want)):
                 small = draw(pw, ph, ctx.check)
                 preview = small.resize((job.width, job.height), Image.Resampling.BILINEAR)
-                ctx.report_partial(i, p, finish(preview) if finish is not None else preview)
+                ctx.report_partial(i, p, preview)
             out.append(draw(job.width, job.height, ctx.check))
             ctx.report_progress(i + 1, job.n)
         ctx.check()

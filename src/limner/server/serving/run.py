@@ -32,18 +32,20 @@ from limner.server.serving.work import Work
 Disconnected = Callable[[], Awaitable[bool]]
 
 
+def kept_outside_mask(job: Job, image: Image.Image) -> Image.Image:
+    """A masked edit's image (or preview) with every pixel outside the mask as it was sent."""
+    if isinstance(job, EditJob) and job.mask is not None and job.images:
+        return imaging.keep_outside_mask(job.images[0], job.mask, image)
+    return image
+
+
 def finisher(work: Work, job: Job, metrics: Metrics | None) -> Callable[[list[Image.Image]], list[bytes]]:
     """What runs in the worker after the engine: the masked-edit guarantee, then encoding."""
     resolved = work.resolved
 
     def finish(images: list[Image.Image]) -> list[bytes]:
         started = time.perf_counter()
-        if (
-            isinstance(job, EditJob)
-            and job.mask is not None
-            and job.images[0].size == (job.width, job.height)
-        ):
-            images = [imaging.compose(job.images[0], image, job.mask) for image in images]
+        images = [kept_outside_mask(job, image) for image in images]
         encoded = [
             imaging.encode_image(
                 image, output_format=resolved.output_format, compression=resolved.output_compression
@@ -96,6 +98,7 @@ class Run:
             loop = asyncio.get_running_loop()
 
             def on_partial(_image: int, index: int, preview: Image.Image) -> None:
+                preview = kept_outside_mask(job, preview)
                 data = imaging.encode_preview(preview, output_format=resolved.output_format)
                 chunk = events.partial_event(self.work.kind, resolved, index, data)
                 loop.call_soon_threadsafe(self.publish, chunk)
