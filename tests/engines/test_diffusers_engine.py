@@ -383,9 +383,7 @@ def test_masked_edit_with_a_dedicated_inpainting_checkpoint(
             EditJob(width=SIZE, height=SIZE, prompt="x", images=[picture], mask=mask), JobContext()
         )
     assert inpaint_calls.calls == 2 and base_calls.calls == 0
-    keep = np.asarray(mask) == 0
-    assert np.array_equal(_px(edited)[keep], _px(picture)[keep])
-    assert not _same(edited, picture)
+    assert not _same(edited, picture)  # outside the mask is the server's run path to keep (test_run.py)
 
 
 @pytest.mark.diffusers
