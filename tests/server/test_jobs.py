@@ -293,6 +293,7 @@ async def test_a_callback_arrives_signed(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path,
         callback_allow=[f"http://127.0.0.1:{receiver.server_port}/hooks/"],
+        callback_allow_private=True,  # the receiver is on this machine
         callback_secret="c" * 32,
     )
     engine = GateEngine()
@@ -413,3 +414,92 @@ async def test_events_stay_open_through_a_long_silence(tmp_path: Path) -> None:
         answer = await following
     names = [name for name, _ in sse_events(answer.text)]
     assert "image_generation.completed" in names and names[-1] == "image_job.completed"
+
+
+# -- callbacks: where they may go -------------------------------------------------------------------
+
+
+def callback_receiver() -> tuple[HTTPServer, list[tuple[dict[str, str], bytes]]]:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, received
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com@evil.test/limner",  # userinfo: the host is evil.test
+        "https://hooks.example.com.evil.test/limner",  # a longer host with the allowed one as prefix
+        "https://hooks.example.com\\@evil.test/limner",  # backslash forms
+        "https://hooks.example.com/limner/../admin",  # a path that escapes the allowed one
+        "https://hooks.example.com/limner/%2e%2e/admin",  # the same, percent-encoded
+        "https://hooks.example.com/limnerx",  # not under /limner by whole segments
+        "https://hooks.example.com:8443/limner",  # another port
+        "http://hooks.example.com/limner",  # another scheme
+        "https://hooks.example.com:99999/limner",  # a malformed port
+        "not a url",
+    ],
+)
+async def test_a_callback_url_must_be_an_allowed_receiver_exactly(tmp_path: Path, url: str) -> None:
+    settings = Settings(data_dir=tmp_path, callback_allow=["https://hooks.example.com/limner"])
+    async with app_client(settings, engines={"m": GateEngine()}) as client:
+        refused = await client.post(
+            GENERATIONS, json=body(1), headers={**ASYNC, "x-limner-callback-url": url}
+        )
+        assert refused.status_code == 400, url
+        assert refused.json()["error"]["param"] == "X-Limner-Callback-Url"
+        assert (await client.get("/v1/images/jobs")).json()["data"] == []  # nothing was accepted
+
+
+def test_allowed_callback_urls_match_by_segments() -> None:
+    from limner.server.serving.callbacks import checked_callback, parse_allow_list
+
+    allowed = parse_allow_list(["https://Hooks.Example.com/limner"])
+    assert checked_callback("https://hooks.example.com/limner", allowed) == "https://hooks.example.com/limner"
+    assert checked_callback("https://hooks.example.com:443/limner/a/./b?x=1", allowed) == (
+        "https://hooks.example.com/limner/a/b?x=1"
+    )
+    with pytest.raises(ValueError, match="callback_allow entry"):
+        parse_allow_list(["ftp://x"])
+
+
+async def test_a_callback_to_a_private_address_is_not_sent_unless_allowed(tmp_path: Path) -> None:
+    """Loopback is what a blind SSRF aims at: the allow list names it, yet without
+    callback_allow_private the callback is refused when it would connect."""
+    receiver, received = callback_receiver()
+    url = f"http://127.0.0.1:{receiver.server_port}/hooks/limner"
+    engine = GateEngine()
+    engine.open()
+    try:
+        settings = Settings(data_dir=tmp_path / "a", callback_allow=[url])
+        async with app_client(settings, engines={"m": engine}) as client:
+            job_id = (
+                await client.post(GENERATIONS, json=body(1), headers={**ASYNC, "x-limner-callback-url": url})
+            ).json()["id"]
+            await wait_status(client, job_id, "completed")
+            await asyncio.sleep(0.5)  # time for a callback that should not come
+        assert received == []
+        allowed = Settings(data_dir=tmp_path / "b", callback_allow=[url], callback_allow_private=True)
+        async with app_client(allowed, engines={"m": engine}) as client:
+            await client.post(GENERATIONS, json=body(2), headers={**ASYNC, "x-limner-callback-url": url})
+            await until(lambda: received)
+    finally:
+        receiver.shutdown()
+    # Signed with the callback secret made for the data dir, never the link-signing secret.
+    headers, payload = received[0]
+    stamp, signature = (part.split("=", 1)[1] for part in headers["X-Limner-Signature"].split(","))
+    for name, matches in (("callback.key", True), ("secret.key", False)):
+        key = (tmp_path / "b" / name).read_bytes()
+        expected = hmac.new(key, stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(signature, expected) is matches

@@ -21,6 +21,7 @@ from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
+from limner.server.serving.callbacks import parse_allow_list
 from limner.server.serving.durable import JobManager
 from limner.server.serving.jobs_api import JobsApi
 from limner.server.settings import Settings
@@ -87,6 +88,14 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     if metrics is not None:
         metrics.watch(scheduler)
     secret = load_secret(data_dir / "secret.key", given=settings.secret)
+    # Callbacks are signed with a secret of their own: a receiver that checks them cannot forge links.
+    callback_allow = parse_allow_list(settings.callback_allow)  # a malformed entry stops start-up
+    callback_secret = load_secret(
+        data_dir / "callback.key",
+        given=settings.callback_secret,
+        what="callback-signing secret",
+        given_by="`callback_secret` in the config",
+    )
     store = open_image_store(settings.storage, data_dir, secret, settings.url_ttl_seconds)
     key_guard = KeyGuard(open_key_store(data_dir, settings.keys_url), settings.auth)
     # Keys that are needed but cannot be read stop the server here (KeyDatabaseError names the file).
@@ -120,6 +129,8 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.state.lookup = registry.lookup(settings.defaults)
     app.state.scheduler = scheduler
     app.state.store = store
+    app.state.callback_allow = callback_allow
+    app.state.callback_secret = callback_secret
     app.state.key_guard = key_guard
     job_store = open_job_store(data_dir, settings.jobs_url)
     # The durable layer replays stored requests through the routes' own parsing: handed over here.

@@ -148,9 +148,13 @@ class Settings(BaseModel):
     ui: bool = True
     #: "text": readable lines; "json": one JSON object per line (and one per request) for log shippers.
     log_format: Literal["text", "json"] = "text"
-    #: Asynchronous jobs may name a callback URL only under one of these prefixes.
+    #: Asynchronous jobs may name a callback URL only under one of these URLs (same scheme, host and port;
+    #: the path under the entry's by whole segments).
     callback_allow: list[str] = Field(default_factory=list)
-    #: Signs callbacks (X-Limner-Signature); default: the link-signing secret.
+    #: Callbacks may go to loopback and private addresses (receivers on the same machine or network).
+    callback_allow_private: bool = False
+    #: Signs callbacks (X-Limner-Signature), >= 32 bytes; default: a random one of its own in the data
+    #: dir (callback.key), never the link-signing secret.
     callback_secret: str | None = Field(default=None, repr=False)
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None

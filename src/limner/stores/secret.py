@@ -14,8 +14,15 @@ class SecretError(Exception):
     """The signing secret is unusable (too short, unreadable, unwritable): the server must not start."""
 
 
-def load_secret(path: Path, *, given: str | None = None) -> bytes:
-    """The secret that signs image links.
+def load_secret(
+    path: Path,
+    *,
+    given: str | None = None,
+    what: str = "link-signing secret",
+    given_by: str = "LIMNER_SECRET or `secret` in the config",
+) -> bytes:
+    """A signing secret: the one that signs image links (the default names), or another (`what`, set by
+    `given_by`).
 
     `given` (from LIMNER_SECRET or the config) wins: servers that share links must share it. Otherwise
     the file under the data dir, created once with 32 random bytes, mode 0600, written atomically (a
@@ -25,7 +32,7 @@ def load_secret(path: Path, *, given: str | None = None) -> bytes:
         secret = given.encode()
         if len(secret) < MIN_SECRET_BYTES:
             raise SecretError(
-                f"the link-signing secret (LIMNER_SECRET or `secret` in the config) is {len(secret)} bytes; "
+                f"the {what} ({given_by}) is {len(secret)} bytes; "
                 f"it must be at least {MIN_SECRET_BYTES} (try: python3 -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))')"
             )
@@ -33,19 +40,19 @@ def load_secret(path: Path, *, given: str | None = None) -> bytes:
     try:
         secret = path.read_bytes()
     except FileNotFoundError:
-        return _create_secret(path)
+        return _create_secret(path, what)
     except OSError as exc:
-        raise SecretError(f"cannot read the link-signing secret {path}: {exc.strerror or exc}") from exc
+        raise SecretError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretError(
-            f"the link-signing secret {path} is {len(secret)} bytes, under {MIN_SECRET_BYTES}: it was "
-            "truncated or replaced. Delete it to make a new one (links already given out stop working), "
-            "or restore it."
+            f"the {what} {path} is {len(secret)} bytes, under {MIN_SECRET_BYTES}: it was truncated or "
+            "replaced. Delete it to make a new one (what was signed with it stops checking out), or "
+            "restore it."
         )
     return secret
 
 
-def _create_secret(path: Path) -> bytes:
+def _create_secret(path: Path, what: str) -> bytes:
     secret = secrets.token_bytes(MIN_SECRET_BYTES)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -59,9 +66,9 @@ def _create_secret(path: Path) -> bytes:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return load_secret(path)
+            return load_secret(path, what=what)
     except OSError as exc:
-        raise SecretError(f"cannot write the link-signing secret {path}: {exc.strerror or exc}") from exc
+        raise SecretError(f"cannot write the {what} {path}: {exc.strerror or exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return secret

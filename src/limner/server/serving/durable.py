@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -38,7 +37,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server.errors import server_error
-from limner.server.serving import events
+from limner.server.inputs.fetch import default_policy
+from limner.server.serving import callbacks, events
+from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
 from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
 from limner.server.serving.run import Run
 from limner.server.serving.work import Work, client_of, link_base
@@ -51,8 +52,6 @@ log = logging.getLogger("limner.jobs")
 
 Parse = Callable[[Request], Awaitable[Work]]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-CALLBACK_HEADER = "X-Limner-Callback-Url"
-SIGNATURE_HEADER = "X-Limner-Signature"
 
 
 def owner_of(request: Request) -> str:
@@ -185,15 +184,7 @@ class JobManager:
 
     def _callback(self, request: Request) -> str | None:
         url = request.headers.get(CALLBACK_HEADER)
-        if url is None:
-            return None
-        allowed = self.app.state.settings.callback_allow
-        if not any(url.startswith(prefix) for prefix in allowed):
-            raise InvalidRequest(
-                f"This {CALLBACK_HEADER} is not allowed: the server's callback_allow list has no prefix of it.",
-                param=CALLBACK_HEADER,
-            )
-        return url
+        return None if url is None else callbacks.checked_callback(url, self.app.state.callback_allow)
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -328,25 +319,16 @@ class JobManager:
         return Request(scope, receive)
 
     async def _call_back(self, record: JobRecord) -> None:
-        """POST the ended job to its callback URL, signed: `t=<unix time>,v1=<hex HMAC-SHA256 of
-        "<t>.<body>">` with the server's callback secret, so the receiver can check it came from here."""
-        import httpx2
-
-        settings = self.app.state.settings
-        secret = (settings.callback_secret or "").encode() or self.app.state.store.secret
-        payload = json.dumps(job_object(record, None)).encode()
-        stamp = str(int(time.time()))
-        signature = hmac.new(secret, stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
-        headers = {"content-type": "application/json", SIGNATURE_HEADER: f"t={stamp},v1={signature}"}
-        async with httpx2.AsyncClient(timeout=10, follow_redirects=False) as client:
-            for attempt in range(3):
-                try:
-                    response = await client.post(record.callback_url or "", content=payload, headers=headers)
-                    if response.status_code < 500:
-                        return
-                except httpx2.HTTPError as exc:
-                    log.warning("callback for %s failed: %s", record.id, exc)
-                await asyncio.sleep(0.5 * 2**attempt)
+        """POST the ended job to its callback URL, signed with the callback secret (callbacks.py)."""
+        state = self.app.state
+        delivered = await callbacks.deliver(
+            record.callback_url or "",
+            job_object(record, None),
+            secret=state.callback_secret,
+            policy=default_policy(state.settings.callback_allow_private),
+        )
+        if not delivered:
+            log.warning("the callback for job %s was not delivered", record.id)
 
     # -- answers ----------------------------------------------------------------------------------
 
