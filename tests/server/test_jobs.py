@@ -503,3 +503,23 @@ async def test_a_callback_to_a_private_address_is_not_sent_unless_allowed(tmp_pa
         key = (tmp_path / "b" / name).read_bytes()
         expected = hmac.new(key, stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(signature, expected) is matches
+
+
+async def test_a_server_error_is_not_replayed_for_its_idempotency_key(tmp_path: Path) -> None:
+    """A 5xx is no final answer: the retry with the same key runs again (a 4xx would be replayed)."""
+    from limner.errors import EngineUnavailable
+
+    engine = GateEngine(fail_with=EngineUnavailable("The model is down for a moment."))
+    engine.open()
+    headers = {"idempotency-key": "retry-after-5xx"}
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        first = await client.post(GENERATIONS, json=body(1), headers=headers)
+        assert first.status_code == 503
+        engine.fail_with = None  # the engine is back
+        second = await client.post(GENERATIONS, json=body(1), headers=headers)
+        assert second.status_code == 200 and second.json()["data"]
+        third = await client.post(GENERATIONS, json=body(1), headers=headers)
+        assert third.json() == second.json()  # a success is final: replayed, not run again
+        listing = (await client.get("/v1/images/jobs")).json()["data"]
+    assert len(engine.runs) == 2
+    assert sorted(j["status"] for j in listing) == ["completed", "failed"]  # the failure is still readable

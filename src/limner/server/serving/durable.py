@@ -229,16 +229,7 @@ class JobManager:
                 await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
                 return
             if run.error is not None:
-                error = run.error.to_dict()
-                record.status, record.error, record.status_code = "failed", error, run.error.status_code
-                await asyncio.to_thread(
-                    self.store.end,
-                    record.id,
-                    "failed",
-                    ttl=ttl,
-                    error=error,
-                    status_code=run.error.status_code,
-                )
+                await self._failed(record, run.error.to_dict(), run.error.status_code, ttl)
                 return
             # Stream events carry the bytes themselves, so a stream's response is b64_json.
             work = run.work
@@ -253,18 +244,25 @@ class JobManager:
             )
         except Exception:
             log.exception("job %s failed", record.id)
-            error = server_error().to_dict()
-            record.status, record.error, record.status_code = "failed", error, 500
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(
-                    self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=500
-                )
+                await self._failed(record, server_error().to_dict(), 500, ttl)
         finally:
             live.done.set()
             run.publish()
             self.live.pop(record.id, None)
             if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
+
+    async def _failed(self, record: JobRecord, error: dict[str, Any], status_code: int, ttl: int) -> None:
+        """The job failed. Only a final outcome (a 4xx) stays its Idempotency-Key's answer: after a server
+        error (5xx: storage, a database or an engine down for a while) the key is released, so a retry
+        with it runs the request again, as Stripe's idempotency does; the failed job stays readable."""
+        record.status, record.error, record.status_code = "failed", error, status_code
+        await asyncio.to_thread(
+            self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=status_code
+        )
+        if status_code >= 500 and record.idempotency_key is not None:
+            await asyncio.to_thread(self.store.update, record.id, idempotency_key=None)
 
     async def recover(self) -> int:
         """Run again every job that was queued or running when the server stopped; return how many."""
