@@ -523,3 +523,20 @@ async def test_a_server_error_is_not_replayed_for_its_idempotency_key(tmp_path: 
         listing = (await client.get("/v1/images/jobs")).json()["data"]
     assert len(engine.runs) == 2
     assert sorted(j["status"] for j in listing) == ["completed", "failed"]  # the failure is still readable
+
+
+async def test_the_key_lock_table_forgets_keys_with_nothing_in_flight(tmp_path: Path) -> None:
+    engine = GateEngine()
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        manager = client.app.state.jobs  # type: ignore[attr-defined]
+        for index in range(30):  # refused requests, each with its own key
+            bad = await client.post(
+                GENERATIONS, json=body(1, n=0), headers={"idempotency-key": f"bad-{index}"}
+            )
+            assert bad.status_code == 400
+        for _ in range(3):  # a success and its replays
+            assert (
+                await client.post(GENERATIONS, json=body(2), headers={"idempotency-key": "ok"})
+            ).status_code == 200
+        assert manager._claims == {}

@@ -89,6 +89,12 @@ def fingerprint(content_type: str, body: bytes) -> str:
 
 
 @dataclass
+class _Claim:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class Live:
     """A job running in this process: its record as it changes, and its Run (events, progress)."""
 
@@ -106,7 +112,8 @@ class JobManager:
         self.store = store
         self.parsers = dict(parsers)
         self.live: dict[str, Live] = {}
-        self._claims: dict[tuple[str, str], asyncio.Lock] = {}
+        #: The lock of each Idempotency-Key with requests in flight, and how many hold or wait for it.
+        self._claims: dict[tuple[str, str], _Claim] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -136,51 +143,69 @@ class JobManager:
         content_type = request.headers.get("content-type", "")
         digest = await asyncio.to_thread(fingerprint, content_type, body)
         owner = owner_of(request)
-        claim = self._claims.setdefault((owner, key), asyncio.Lock()) if key else contextlib.nullcontext()
-        async with claim:  # one request per key at a time: a concurrent duplicate finds the first job
-            if key is not None:
-                existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key)
-                if existing is not None:
-                    if existing.fingerprint != digest:
-                        raise InvalidRequest(
-                            f"This {IDEMPOTENCY_HEADER} was already used with a different request. Use a "
-                            "new key for a new request.",
-                            param=IDEMPOTENCY_HEADER,
-                            code="idempotency_key_reused",
-                        )
-                    return await self._answer(request, existing, asynchronous)
-            work = await parse(request)  # a request that is not valid is refused here; nothing is stored
-            now = int(time.time())
-            record = JobRecord(
-                id="imgjob_" + secrets.token_hex(12),
-                owner=owner,
-                idempotency_key=key,
-                fingerprint=digest,
-                mode="async" if asynchronous else "sync",
-                operation=operation,
-                route=request.url.path,
-                model=work.model,
-                status="queued",
-                created_at=now,
-                updated_at=now,
-                expires_at=None,
-                content_type=content_type,
-                body=body,
-                base_url=link_base(request),
-                callback_url=self._callback(request),
-                stream=work.resolved.stream and not asynchronous,
-            )
-            await asyncio.to_thread(self.store.insert, record)
-            try:
-                live = self._start(record, work, client_of(request), admitted=False)
-            except LimnerError:  # the queue is full: nothing was accepted
-                await asyncio.to_thread(self.store.delete, record.id)
-                raise
-        if key is not None and not self._claims[(owner, key)].locked():
-            self._claims.pop((owner, key), None)
+        claim = self._claim(owner, key)
+        try:
+            # One request per key at a time: a concurrent duplicate finds the first job.
+            async with claim.lock:
+                if key is not None:
+                    existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key)
+                    if existing is not None:
+                        if existing.fingerprint != digest:
+                            raise InvalidRequest(
+                                f"This {IDEMPOTENCY_HEADER} was already used with a different request. Use a "
+                                "new key for a new request.",
+                                param=IDEMPOTENCY_HEADER,
+                                code="idempotency_key_reused",
+                            )
+                        return await self._answer(request, existing, asynchronous)
+                work = await parse(request)  # a request that is not valid is refused here; nothing is stored
+                now = int(time.time())
+                record = JobRecord(
+                    id="imgjob_" + secrets.token_hex(12),
+                    owner=owner,
+                    idempotency_key=key,
+                    fingerprint=digest,
+                    mode="async" if asynchronous else "sync",
+                    operation=operation,
+                    route=request.url.path,
+                    model=work.model,
+                    status="queued",
+                    created_at=now,
+                    updated_at=now,
+                    expires_at=None,
+                    content_type=content_type,
+                    body=body,
+                    base_url=link_base(request),
+                    callback_url=self._callback(request),
+                    stream=work.resolved.stream and not asynchronous,
+                )
+                await asyncio.to_thread(self.store.insert, record)
+                try:
+                    live = self._start(record, work, client_of(request), admitted=False)
+                except LimnerError:  # the queue is full: nothing was accepted
+                    await asyncio.to_thread(self.store.delete, record.id)
+                    raise
+        finally:
+            self._release(owner, key, claim)
         if asynchronous:
             return self._job_response(record, live, status=202)
         return await self._answer_live(request, live)
+
+    def _claim(self, owner: str, key: str | None) -> _Claim:
+        if key is None:
+            return _Claim()  # no key: nothing to serialise
+        claim = self._claims.setdefault((owner, key), _Claim())
+        claim.users += 1
+        return claim
+
+    def _release(self, owner: str, key: str | None, claim: _Claim) -> None:
+        """Forget a key's lock once no request holds or waits for it (a table that only grows would
+        keep one entry per key ever sent)."""
+        if key is None:
+            return
+        claim.users -= 1
+        if not claim.users:
+            self._claims.pop((owner, key), None)
 
     def _callback(self, request: Request) -> str | None:
         url = request.headers.get(CALLBACK_HEADER)
