@@ -540,3 +540,38 @@ async def test_the_key_lock_table_forgets_keys_with_nothing_in_flight(tmp_path: 
                 await client.post(GENERATIONS, json=body(2), headers={"idempotency-key": "ok"})
             ).status_code == 200
         assert manager._claims == {}
+
+
+def test_the_fingerprint_takes_the_route_and_ignores_explicit_defaults() -> None:
+    from limner.server.serving.durable import fingerprint
+
+    plain = json.dumps({"prompt": "x", "model": "m"}).encode()
+    spelled = json.dumps({"prompt": "x", "model": "m", "n": 1, "quality": "auto", "user": None}).encode()
+    kind = "application/json"
+    assert fingerprint("/v1/images/generations", kind, plain) == fingerprint(
+        "/v1/images/generations", kind, spelled
+    )
+    assert fingerprint("/v1/images/generations", kind, plain) != fingerprint("/v1/images/edits", kind, plain)
+    url = json.dumps({"prompt": "x", "model": "m", "response_format": "url"}).encode()
+    assert fingerprint("/v1/images/generations", kind, plain) != fingerprint(
+        "/v1/images/generations", kind, url
+    )
+
+
+async def test_a_generations_key_on_an_edit_is_a_400_not_its_replay(tmp_path: Path) -> None:
+    engine = GateEngine()
+    engine.open()
+    headers = {"idempotency-key": "cross-route"}
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        assert (await client.post(GENERATIONS, json=body(1), headers=headers)).status_code == 200
+        again = await client.post(
+            GENERATIONS, json={**body(1), "n": 1}, headers=headers
+        )  # the default, spelled
+        assert again.status_code == 200 and len(engine.runs) == 1
+        edit = await client.post(
+            "/v1/images/edits",
+            data={"model": "m", "prompt": "x", "size": "64x64"},
+            files={"image": ("a.png", png_bytes(gradient(64, 64)))},
+            headers=headers,
+        )
+        assert edit.status_code == 400 and edit.json()["error"]["param"] == "Idempotency-Key"

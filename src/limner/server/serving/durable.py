@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from limner import rules
 from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server.errors import server_error
@@ -59,14 +60,31 @@ def owner_of(request: Request) -> str:
     return str(getattr(request.state, "key_id", None) or "-")
 
 
-def fingerprint(content_type: str, body: bytes) -> str:
-    """What makes two requests "the same": JSON by its parsed value, multipart by its parts (the
-    boundary changes on every retry of most clients), anything else by its bytes."""
+#: Fields whose spec default, sent explicitly, means the same as the field absent
+#: (docs/images-contract.md, section 10): such a request is the same request. Not response_format:
+#: limner honours it for every model, so "url" sent is not "url" implied.
+NO_OP_DEFAULTS = {k: v for k, v in rules.SPEC_DEFAULTS.items() if k != "response_format"}
+
+
+def _no_op(name: str, value: object) -> bool:
+    if name not in NO_OP_DEFAULTS or value is None:
+        return value is None  # an explicit null means the default too
+    default = NO_OP_DEFAULTS[name]
+    return value == default or (isinstance(value, str) and value.strip().lower() == str(default).lower())
+
+
+def fingerprint(route: str, content_type: str, body: bytes) -> str:
+    """What makes two requests "the same": the route, then JSON by its parsed value and multipart by
+    its parts (the boundary changes on every retry of most clients), each without the fields sent with
+    a value that means the default; anything else by its bytes."""
     kind = content_type.split(";")[0].strip().lower()
-    digest = hashlib.sha256(kind.encode() + b"\0")
+    digest = hashlib.sha256(route.encode() + b"\0" + kind.encode() + b"\0")
     if kind == "application/json":
         try:
-            digest.update(json.dumps(json.loads(body), sort_keys=True).encode())
+            parsed = json.loads(body)
+            if isinstance(parsed, dict):
+                parsed = {k: v for k, v in parsed.items() if not _no_op(k, v)}
+            digest.update(json.dumps(parsed, sort_keys=True).encode())
             return digest.hexdigest()
         except (ValueError, RecursionError):
             pass
@@ -79,10 +97,12 @@ def fingerprint(content_type: str, body: bytes) -> str:
         )
         if message.is_multipart():
             for part in message.iter_parts():
-                digest.update(str(part.get_param("name", header="content-disposition")).encode() + b"\0")
+                name = str(part.get_param("name", header="content-disposition"))
                 payload = part.get_payload(decode=True)
-                digest.update(payload if isinstance(payload, bytes) else b"")
-                digest.update(b"\0")
+                data = payload if isinstance(payload, bytes) else b""
+                if part.get_filename() is None and _no_op(name, data.decode("utf-8", "replace")):
+                    continue
+                digest.update(name.encode() + b"\0" + data + b"\0")
             return digest.hexdigest()
     digest.update(body)
     return digest.hexdigest()
@@ -141,7 +161,7 @@ class JobManager:
             )
         body = await request.body()
         content_type = request.headers.get("content-type", "")
-        digest = await asyncio.to_thread(fingerprint, content_type, body)
+        digest = await asyncio.to_thread(fingerprint, request.url.path, content_type, body)
         owner = owner_of(request)
         claim = self._claim(owner, key)
         try:
