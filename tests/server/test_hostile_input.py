@@ -196,3 +196,28 @@ def test_start_up_warns_when_the_data_dir_is_not_writable(tmp_path: Path) -> Non
     (tmp_path / "ok" / "images").mkdir(parents=True)
     assert os.access(tmp_path / "ok" / "images", os.W_OK)
     assert not any("not writable" in w for w in startup_warnings(Settings(data_dir=tmp_path / "ok"), None))
+
+
+async def test_private_files_security_headers_and_metrics_behind_keys(tmp_path: Path) -> None:
+    """The data dir and its databases are the owner's alone; the playground may not be framed or sniffed;
+    /metrics needs the key once keys are required; a huge `before` is a 400, not a 500."""
+    import stat
+
+    from limner.server.settings import Settings
+    from limner.stores.keys import SqliteKeyStore
+    from tests.support.inprocess import app_client
+
+    data = tmp_path / "data"
+    _, key = SqliteKeyStore(data / "keys.sqlite3").create()
+    async with app_client(Settings(data_dir=data)) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        auth = {"authorization": f"Bearer {key}"}
+        assert (await client.get("/metrics", headers=auth)).status_code == 200
+        page = await client.get("/")
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        huge = await client.get("/v1/images/jobs", params={"before": str(2**70)}, headers=auth)
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == "before"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("jobs.sqlite3", "keys.sqlite3"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -34,6 +35,7 @@ log = logging.getLogger("limner.server")
 
 
 async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> None:
+    failing: str | None = None  # what the last failed pass said: said once, not every pass
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
@@ -42,6 +44,11 @@ async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> 
             ended = await asyncio.to_thread(jobs.sweep)
             if ended:
                 log.info("swept %d expired job(s)", ended)
+            failing = None
+        except (OSError, sqlite3.Error) as exc:  # a read-only or full data dir: one line, until it changes
+            if str(exc) != failing:
+                log.warning("sweeping expired images and jobs failed: %s", exc)
+            failing = str(exc)
         except Exception:  # keep sweeping whatever one pass hit
             log.exception("sweeping expired images failed")
         await asyncio.sleep(interval)
@@ -76,7 +83,8 @@ def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Obse
 def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = None) -> FastAPI:
     """The whole server. `engines` serves model names with engines built elsewhere (a test's own)."""
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Prompts, uploads and results live here: the data dir is the server's alone (0700).
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     registry = EngineRegistry(
         settings.models,
         sketch_concurrency=settings.sketch_concurrency,
@@ -150,7 +158,10 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     app.include_router(health.router)
     if metrics is not None:
         app.include_router(
-            health.metrics_router, dependencies=[Depends(require_key)] if settings.metrics_require_key else []
+            # Behind the key whenever keys are required (require_key lets everyone in on an open server),
+            # unless the operator opens it explicitly.
+            health.metrics_router,
+            dependencies=[] if settings.metrics_require_key is False else [Depends(require_key)],
         )
     docs.install(app)
     if settings.ui:

@@ -23,7 +23,8 @@ The config file (``limner serve --config limner.toml``)::
     engine = "diffusers"
     source = "/models/sdxl-turbo"
 
-    metrics = true                               # GET /metrics; metrics_require_key = true puts it behind keys
+    metrics = true                               # GET /metrics, behind the key once keys are required
+                                                 # (metrics_require_key = false opens it even then)
     ui = true                                    # the playground at /
     log_format = "text"                          # or "json": one object per line, one line per request
     max_queued_per_key = 16                      # per API key (or address): 429 beyond this many waiting
@@ -141,7 +142,8 @@ class Settings(BaseModel):
     secret: str | None = Field(default=None, repr=False)
     #: GET /metrics (Prometheus): off with false; behind the API key with metrics_require_key.
     metrics: bool = True
-    metrics_require_key: bool = False
+    #: None (default): behind the API key whenever keys are required; false: open even then.
+    metrics_require_key: bool | None = None
     #: Label request counts with key ids (more series: one per key).
     metrics_per_key: bool = False
     #: The playground at /.

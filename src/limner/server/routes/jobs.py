@@ -15,7 +15,9 @@ router = APIRouter(tags=["Jobs"])
 async def list_jobs(
     request: Request,
     limit: int = Query(20, ge=1, le=100),
-    before: int | None = Query(None, description="only jobs created before this unix time"),
+    before: int | None = Query(
+        None, ge=0, le=2**63 - 1, description="only jobs created before this unix time"
+    ),
     mode: Literal["async", "sync"] | None = Query(
         None,
         description="only asynchronous jobs (Prefer: respond-async), or only synchronous calls kept for "

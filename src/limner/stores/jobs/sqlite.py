@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from limner.stores.jobs.base import JobStore
+from limner.stores.sqlite import private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS limner_jobs (
@@ -49,9 +50,10 @@ class SqliteJobStore(JobStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
+        private(path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from limner.stores.keys.base import KeyDatabaseError, KeyRecord, KeyStore, new_key
+from limner.stores.sqlite import private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -67,7 +68,7 @@ class SqliteKeyStore(KeyStore):
         mode = "rwc" if create else "rw"
         try:
             if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             db = sqlite3.connect(f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=self.timeout)
         except (sqlite3.Error, OSError) as exc:
             raise KeyDatabaseError(f"cannot open the key database {self.path}: {exc}") from exc
@@ -75,6 +76,7 @@ class SqliteKeyStore(KeyStore):
             with db:
                 if create:
                     db.execute(_SCHEMA)
+                    private(self.path)
                 yield db
         except sqlite3.Error as exc:
             raise KeyDatabaseError(f"the key database {self.path} cannot be used: {exc}") from exc
