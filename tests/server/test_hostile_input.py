@@ -214,7 +214,9 @@ async def test_private_files_security_headers_and_metrics_behind_keys(tmp_path: 
         auth = {"authorization": f"Bearer {key}"}
         assert (await client.get("/metrics", headers=auth)).status_code == 200
         page = await client.get("/")
-        assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+        assert (
+            page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+        )
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         huge = await client.get("/v1/images/jobs", params={"before": str(2**70)}, headers=auth)
         assert huge.status_code == 400 and huge.json()["error"]["param"] == "before"

@@ -21,6 +21,7 @@ from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
 from limner.server.middleware import AccessMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from limner.server.probes import ServiceProbes
 from limner.server.routes import docs, edits, files, generations, health, jobs, models, playground, variations
 from limner.server.serving.callbacks import parse_allow_list
 from limner.server.serving.durable import JobManager
@@ -130,6 +131,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             manager.stop()
             scheduler.shutdown()
             scheduler.residency.close_all()
+            probes.close()
 
     app = FastAPI(title="limner", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -146,6 +148,14 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
         app, job_store, {"generate": generations.parse, "edit": edits.parse, "vary": variations.parse}
     )
     app.state.jobs = manager
+    probes = ServiceProbes(
+        {
+            "images": (store.kind, store.check),
+            "keys": (key_guard.store.kind, key_guard.store.check),
+            "jobs": (job_store.kind, job_store.check),
+        }
+    )
+    app.state.probes = probes
     app.state.jobs_api = JobsApi(manager)
     app.state.metrics = metrics
     app.state.started = int(time.time())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -30,27 +29,8 @@ async def health(request: Request) -> dict[str, Any]:
         # Per model: queued, running, done, cancelled, failed, batches, mean batch size, mean time.
         "scheduler": scheduler.health(),
         # The services this process shares with its replicas, and whether they answer.
-        "services": await _services(request),
+        "services": await request.app.state.probes.answers(),
     }
-
-
-#: How long /health waits for each shared service before it reports it as not answering.
-PROBE_SECONDS = 0.25
-
-
-async def _services(request: Request) -> dict[str, Any]:
-    async def probe(kind: str, check: Any) -> dict[str, Any]:
-        # /health answers at once whatever a service does: a locked or unreachable one is reported.
-        try:
-            error = await asyncio.wait_for(asyncio.to_thread(check), PROBE_SECONDS)
-        except TimeoutError:
-            error = f"no answer within {PROBE_SECONDS} s"
-        return {"kind": kind, "ok": True} if error is None else {"kind": kind, "ok": False, "error": error}
-
-    state = request.app.state
-    stores = {"images": state.store, "keys": state.key_guard.store, "jobs": state.jobs.store}
-    answers = await asyncio.gather(*(probe(store.kind, store.check) for store in stores.values()))
-    return dict(zip(stores, answers, strict=True))
 
 
 @metrics_router.get("/metrics", include_in_schema=False)

@@ -42,10 +42,15 @@ class S3ImageStore(ImageStore):
         if client is None:
             try:
                 import boto3
+                from botocore.config import Config
             except ImportError as exc:
                 raise ValueError(f'[storage] kind = "s3" needs boto3: {install_hint("s3")}') from exc
             # Credentials come from the usual AWS environment (variables, profile, instance role).
-            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+            # Short timeouts and few retries: a frozen store fails a request in seconds, not minutes.
+            config = Config(
+                connect_timeout=3, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"}
+            )
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.client = client
 
     def _errors(self) -> tuple[type[BaseException], ...]:
