@@ -575,3 +575,25 @@ async def test_a_generations_key_on_an_edit_is_a_400_not_its_replay(tmp_path: Pa
             headers=headers,
         )
         assert edit.status_code == 400 and edit.json()["error"]["param"] == "Idempotency-Key"
+
+
+async def test_a_job_that_keeps_taking_the_server_down_is_failed_not_run_forever(tmp_path: Path) -> None:
+    """A job found running at start-up max_job_attempts times (it took the server down each time, say
+    out of memory) is failed with a reason instead of being started again; one found queued is run."""
+    from limner.stores.jobs import SqliteJobStore
+    from tests.stores.test_job_stores import record
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store.insert(record("crashing", owner="-", mode="async"))
+    store.update("crashing", status="in_progress", attempts=3)
+    queued = record("waiting", owner="-", mode="async")
+    store.insert(queued)
+    engine = GateEngine()
+    engine.open()
+    settings = Settings(data_dir=tmp_path, max_job_attempts=3)
+    async with app_client(settings, engines={"gpt-image-1": engine}) as client:
+        failed = await job(client, "crashing")
+        assert failed["status"] == "failed" and failed["error"]["code"] == "job_attempts_exceeded"
+        assert "started 3 times" in failed["error"]["message"]
+        assert (await wait_status(client, "waiting", "completed"))["status"] == "completed"
+    assert store.get("waiting").attempts == 1  # type: ignore[union-attr]

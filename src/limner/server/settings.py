@@ -158,6 +158,9 @@ class Settings(BaseModel):
     #: Signs callbacks (X-Limner-Signature), >= 32 bytes; default: a random one of its own in the data
     #: dir (callback.key), never the link-signing secret.
     callback_secret: str | None = Field(default=None, repr=False)
+    #: A job whose run was started this many times (a restart runs what was running) is failed instead
+    #: of being started again: one that takes the server down (out of memory) must not do so forever.
+    max_job_attempts: int = Field(default=3, ge=1)
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None

@@ -257,10 +257,13 @@ class JobManager:
         ttl = state.settings.url_ttl_seconds
 
         async def started() -> None:
-            if record.status == "queued":
-                record.status = "in_progress"
-                await asyncio.to_thread(self.store.update, record.id, status="in_progress")
-                run.publish()
+            # Once per run, a recovered job's too: counted, so that one that takes the server down each
+            # time it runs is stopped (max_job_attempts) instead of being run at every start.
+            record.status, record.attempts = "in_progress", record.attempts + 1
+            await asyncio.to_thread(
+                self.store.update, record.id, status="in_progress", attempts=record.attempts
+            )
+            run.publish()
 
         try:
             try:
@@ -312,7 +315,19 @@ class JobManager:
     async def recover(self) -> int:
         """Run again every job that was queued or running when the server stopped; return how many."""
         records = await asyncio.to_thread(self.store.active)
+        limit = self.app.state.settings.max_job_attempts
         for record in records:
+            if record.attempts >= limit:
+                error = LimnerError(
+                    f"This job was started {record.attempts} times and each time the server stopped before it "
+                    "finished (it may need more memory than the server has); it is not run again.",
+                    code="job_attempts_exceeded",
+                )
+                await self._failed(
+                    record, error.to_dict(), error.status_code, self.app.state.settings.url_ttl_seconds
+                )
+                log.warning("job %s failed after %d attempts", record.id, record.attempts)
+                continue
             request = self._replayed_request(record)
             try:
                 work = await self._parse_for(record)(request)

@@ -44,11 +44,14 @@ class JobRecord:
     result: Any = None
     error: Any = None
     status_code: int | None = None
+    #: How many runs of this job started (a restart that finds it unfinished starts another).
+    attempts: int = 0
 
 
 COLUMNS = (
     "id, owner, idempotency_key, fingerprint, mode, operation, route, model, status, created_at, "
-    "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code"
+    "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code, "
+    "attempts"
 )
 
 
@@ -100,7 +103,7 @@ class JobStore(abc.ABC):
         """Write a new job (raises the database's integrity error when its idempotency key is taken)."""
         p = self.PLACEHOLDER
         self._run(
-            f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * 21)})",
+            f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * 22)})",
             (
                 job.id,
                 job.owner,
@@ -122,6 +125,7 @@ class JobStore(abc.ABC):
                 None,
                 None,
                 None,
+                job.attempts,
                 time.time_ns(),
             ),
         )

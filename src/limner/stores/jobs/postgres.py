@@ -33,12 +33,14 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     result TEXT,
     error TEXT,
     status_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
     created_ns BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS limner_jobs_owner ON limner_jobs (owner, created_ns);
 CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
+ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0;
 """
 
 

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     result TEXT,                       -- the ImagesResponse (JSON), or the stream's final events
     error TEXT,                        -- the error envelope (JSON)
     status_code INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
     created_ns INTEGER NOT NULL        -- orders jobs made within one second
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
@@ -53,6 +54,9 @@ class SqliteJobStore(JobStore):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(limner_jobs)")}
+            if "attempts" not in columns:  # a database from before attempts were counted
+                db.execute("ALTER TABLE limner_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
         private(path)
 
     @contextmanager
