@@ -223,3 +223,27 @@ async def test_private_files_security_headers_and_metrics_behind_keys(tmp_path: 
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for name in ("jobs.sqlite3", "keys.sqlite3"):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+def test_request_heads_are_bounded_whatever_http_parser_is_installed(tmp_path: Path) -> None:
+    """httptools (installed with the test and ray extras) reads headers of any size; limner serve runs
+    h11 with a 64 KiB bound: a 10 MB header is refused and the server keeps serving."""
+    import socket
+
+    from tests.support.server import start_server
+
+    with start_server(tmp_path / "data") as server:
+        host, port = "127.0.0.1", int(server.base_url.rsplit(":", 1)[1])
+        with socket.create_connection((host, port), timeout=60) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            try:
+                for _ in range(160):  # 10 MB, 64 KiB at a time, until the server gives up on us
+                    sock.sendall(b"a" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                answer = sock.recv(200)
+            except ConnectionResetError:
+                answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")
+        assert httpx2.get(server.base_url + "/health", timeout=30).status_code == 200
