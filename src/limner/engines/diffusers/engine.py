@@ -67,10 +67,10 @@ from typing import Any
 
 from PIL import Image
 
-from limner.engines.base import EngineBase, EngineInfo
+from limner.engines.base import EngineBase
 from limner.engines.diffusers import families
 from limner.engines.diffusers.calls import Calls, _Entry
-from limner.engines.diffusers.capabilities import Capabilities, Checks, _check_options_apply
+from limner.engines.diffusers.capabilities import Checks, _check_options_apply
 from limner.engines.diffusers.loading import (
     Loader,
     _check_source,
@@ -81,7 +81,7 @@ from limner.engines.diffusers.loading import (
     _resolve_device,
     _resolve_dtype,
 )
-from limner.engines.diffusers.model import Model
+from limner.engines.diffusers.model import Model, ModelView
 from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 from limner.errors import EngineUnavailable, JobCancelled
@@ -130,11 +130,12 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
     return engine
 
 
-class DiffusersEngine(EngineBase):
-    """Draws with one diffusers model. Synchronous; the scheduler runs `concurrency` batches at once."""
+class DiffusersEngine(EngineBase, ModelView):
+    """Draws with one diffusers model. Synchronous; the scheduler runs `concurrency` batches at once.
+    Its model (name, options, capabilities, info) it reads as its parts do, through ModelView."""
 
     def __init__(self, model_name: str, options: DiffusersOptions, *, device: str, dtype: Any) -> None:
-        self.model = Model(model_name, options, device, dtype, _local_folder(options.source))
+        super().__init__(Model(model_name, options, device, dtype, _local_folder(options.source)))
         self.loader = Loader(self.model)
         self.checks = Checks(self.model)
         self.calls = Calls(self.model, self.checks)
@@ -143,25 +144,7 @@ class DiffusersEngine(EngineBase):
         self.model.caps = self.checks.capabilities()
         self.model.info = self.checks.make_info()
 
-    @property
-    def model_name(self) -> str:
-        return self.model.model_name
-
-    @property
-    def options(self) -> DiffusersOptions:
-        return self.model.options
-
-    @property
-    def caps(self) -> Capabilities:
-        assert self.model.caps is not None
-        return self.model.caps
-
     # -- Engine protocol ---------------------------------------------------------------------------
-
-    @property
-    def info(self) -> EngineInfo:
-        assert self.model.info is not None
-        return self.model.info
 
     @property
     def loaded(self) -> bool:
