@@ -114,6 +114,31 @@ class _Claim:
     users: int = 0
 
 
+class Claims:
+    """The lock of each Idempotency-Key with requests in flight (one request per key at a time), and
+    how many hold or wait for it: forgotten once none does, so the table never keeps every key sent."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, str], _Claim] = {}
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def take(self, owner: str, key: str | None) -> _Claim:
+        if key is None:
+            return _Claim()  # no key: nothing to serialise
+        claim = self._claims.setdefault((owner, key), _Claim())
+        claim.users += 1
+        return claim
+
+    def give_back(self, owner: str, key: str | None, claim: _Claim) -> None:
+        if key is None:
+            return
+        claim.users -= 1
+        if not claim.users:
+            self._claims.pop((owner, key), None)
+
+
 @dataclass
 class Live:
     """A job running in this process: its record as it changes, and its Run (events, progress)."""
@@ -132,8 +157,7 @@ class JobManager:
         self.store = store
         self.parsers = dict(parsers)
         self.live: dict[str, Live] = {}
-        #: The lock of each Idempotency-Key with requests in flight, and how many hold or wait for it.
-        self._claims: dict[tuple[str, str], _Claim] = {}
+        self._claims = Claims()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -163,7 +187,7 @@ class JobManager:
         content_type = request.headers.get("content-type", "")
         digest = await asyncio.to_thread(fingerprint, request.url.path, content_type, body)
         owner = owner_of(request)
-        claim = self._claim(owner, key)
+        claim = self._claims.take(owner, key)
         try:
             # One request per key at a time: a concurrent duplicate finds the first job.
             async with claim.lock:
@@ -206,26 +230,10 @@ class JobManager:
                     await asyncio.to_thread(self.store.delete, record.id)
                     raise
         finally:
-            self._release(owner, key, claim)
+            self._claims.give_back(owner, key, claim)
         if asynchronous:
             return self._job_response(record, live, status=202)
         return await self._answer_live(request, live)
-
-    def _claim(self, owner: str, key: str | None) -> _Claim:
-        if key is None:
-            return _Claim()  # no key: nothing to serialise
-        claim = self._claims.setdefault((owner, key), _Claim())
-        claim.users += 1
-        return claim
-
-    def _release(self, owner: str, key: str | None, claim: _Claim) -> None:
-        """Forget a key's lock once no request holds or waits for it (a table that only grows would
-        keep one entry per key ever sent)."""
-        if key is None:
-            return
-        claim.users -= 1
-        if not claim.users:
-            self._claims.pop((owner, key), None)
 
     def _callback(self, request: Request) -> str | None:
         url = request.headers.get(CALLBACK_HEADER)
@@ -328,7 +336,7 @@ class JobManager:
                 )
                 log.warning("job %s failed after %d attempts", record.id, record.attempts)
                 continue
-            request = self._replayed_request(record)
+            request = replayed_request(self.app, record)
             try:
                 work = await self._parse_for(record)(request)
                 self._start(record, work, record.owner, admitted=True)
@@ -347,34 +355,6 @@ class JobManager:
 
     def _parse_for(self, record: JobRecord) -> Parse:
         return self.parsers[record.operation]
-
-    def _replayed_request(self, record: JobRecord) -> Request:
-        """A request object over the stored body, as the routes' parsing code reads it."""
-        body = record.body or b""
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": record.route,
-            "raw_path": record.route.encode(),
-            "query_string": b"",
-            "headers": [(b"content-type", record.content_type.encode("latin-1"))],
-            "app": self.app,
-            "state": {"key_id": None if record.owner == "-" else record.owner, "request_id": record.id},
-            "client": None,
-            "server": None,
-            "scheme": "http",
-            "root_path": "",
-        }
-        return Request(scope, receive)
 
     async def _call_back(self, record: JobRecord) -> None:
         """POST the ended job to its callback URL, signed with the callback secret (callbacks.py)."""
@@ -459,6 +439,35 @@ class JobManager:
         if live is None or live.run.ticket is None or live.record.status != "queued":
             return None
         return self.scheduler.position(live.run.ticket)
+
+
+def replayed_request(app: FastAPI, record: JobRecord) -> Request:
+    """A request object over the stored body, as the routes' parsing code reads it."""
+    body = record.body or b""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": record.route,
+        "raw_path": record.route.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", record.content_type.encode("latin-1"))],
+        "app": app,
+        "state": {"key_id": None if record.owner == "-" else record.owner, "request_id": record.id},
+        "client": None,
+        "server": None,
+        "scheme": "http",
+        "root_path": "",
+    }
+    return Request(scope, receive)
 
 
 def completed_events(record: JobRecord) -> list[bytes]:
