@@ -84,8 +84,11 @@ def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Obse
 def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = None) -> FastAPI:
     """The whole server. `engines` serves model names with engines built elsewhere (a test's own)."""
     data_dir = settings.data_dir
-    # Prompts, uploads and results live here: the data dir is the server's alone (0700).
+    # Prompts, uploads and results live here: the data dir is the server's alone (0700), also when an
+    # earlier tool or version made it more open.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change (an operator's directory): left as it is
+        data_dir.chmod(0o700)
     registry = EngineRegistry(
         settings.models,
         sketch_concurrency=settings.sketch_concurrency,

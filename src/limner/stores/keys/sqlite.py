@@ -89,7 +89,7 @@ class SqliteKeyStore(KeyStore):
             return
         tmp = self.marker.with_name(f".{MARKER_NAME}.{secrets.token_hex(4)}.tmp")
         try:
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp.write_text("keys\n")
             tmp.replace(self.marker)
         except OSError as exc:
