@@ -5,7 +5,7 @@
 What it does, and the decisions behind it:
 
 * **Capabilities before weights.** The pipeline class in `model_index.json` picks a row of the family
-  table (diffusers_families), and the checkpoint's configs add the rest (VAE factor, distillation,
+  table (families.py), and the checkpoint's configs add the rest (VAE factor, distillation,
   RGBA VAE, authored sigmas). `check()` refuses from that `Capabilities` object alone, before loading
   anything, and the engine's info (so /v1/models) shows the same object.
 * **Loading.** `AutoPipelineForText2Image.from_pretrained(source)` (`local_files_only` when the source is
@@ -48,7 +48,7 @@ What it does, and the decisions behind it:
   family; diffusers logs what it dropped) rather than refused: OpenAI's prompt limits are far longer,
   and clients written for them send long prompts.
 * **Partial images and cancellation** go through `callback_on_step_end`: previews at steps spread over
-  the run (see diffusers_previews), and, when the job is cancelled, the pipeline's `_interrupt` flag is
+  the run (see previews.py), and, when the job is cancelled, the pipeline's `_interrupt` flag is
   set and JobCancelled is raised from the callback, which also skips the final VAE decode.
 
 Options (the model's table in the config, minus `engine`): source, inpaint_source, device, dtype,

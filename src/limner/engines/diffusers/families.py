@@ -53,7 +53,7 @@ class Family:
     #: The negative prompt the family's authors recommend when none is given (Qwen-Image: " ", which
     #: is what turns its true CFG on).
     default_negative: str | None = None
-    #: How the latents handed to `callback_on_step_end` become a picture (diffusers_previews).
+    #: How the latents handed to `callback_on_step_end` become a picture (previews.py).
     preview: PreviewKind = "spatial"
     #: The inpainting pipeline for masked edits where the AutoPipeline tables have none (Kontext).
     inpaint: str | None = None

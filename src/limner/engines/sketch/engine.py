@@ -8,10 +8,10 @@ nothing. It is not a learned model, and what it draws is a sketch, not a renderi
 How a request steers it:
 
 * **Prompt.** Colour words (red, orange, yellow, green, blue, purple, violet, pink, brown, black,
-  white, gray/grey, cyan, teal, magenta, gold, silver, navy and more: `sketch_words.COLOURS`) choose
+  white, gray/grey, cyan, teal, magenta, gold, silver, navy and more: `words.COLOURS`) choose
   the palette, weighted by how often each is named. Shape words (circle, square, triangle, star, sun,
   moon, tree, house, mountain, wave, heart, cloud, flower, ring, diamond, hexagon, stripe and their
-  synonyms: `sketch_words.SHAPES`) choose what is drawn. The SHA-256 of all the words seeds the
+  synonyms: `words.SHAPES`) choose what is drawn. The SHA-256 of all the words seeds the
   layout, so different prompts give different pictures; a prompt with no colour word gets a colour
   scheme chosen by that digest, and then suns are yellow and trees green.
 * **negative_prompt.** Its colour and shape words are removed from the prompt's choices; shapes it
