@@ -21,3 +21,11 @@ def test_the_import_contracts_hold() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 kept, 0 broken" in done.stdout
+
+
+def test_the_server_starts_without_the_http_client_or_torch() -> None:
+    """httpx2 is for image_url fetches and callbacks, torch for diffusers models: imported when used."""
+    code = "import sys, limner.server.app; print(sorted(m for m in ('httpx2', 'torch', 'diffusers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

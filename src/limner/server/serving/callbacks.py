@@ -27,13 +27,13 @@ import logging
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-import httpx2
-
 from limner.errors import InvalidRequest
-from limner.server.inputs.fetch import AddressPolicy, Resolver, resolve_host
+
+if TYPE_CHECKING:  # fetch (and httpx2 with it) is imported when a callback is sent, not at start-up
+    from limner.server.inputs.fetch import AddressPolicy, Resolver
 
 log = logging.getLogger("limner.jobs")
 
@@ -131,15 +131,19 @@ async def deliver(
     *,
     secret: bytes,
     policy: AddressPolicy,
-    resolve: Resolver = resolve_host,
+    resolve: Resolver | None = None,
     attempts: int = 3,
     timeout: float = 10.0,
 ) -> bool:
     """POST the body to the callback URL, signed, to a checked address; True once the receiver took
     it (any status under 500). A refused address is not retried: it will not change."""
+    import httpx2
+
+    from limner.server.inputs.fetch import resolve_host
+
     target = parse_target(url)
     try:
-        addresses = await resolve(target.host, target.port)
+        addresses = await (resolve or resolve_host)(target.host, target.port)
     except (OSError, UnicodeError, ValueError) as exc:
         log.warning("callback to %s not sent: cannot resolve its host (%s)", target.host, exc)
         return False

@@ -38,7 +38,6 @@ from limner import rules
 from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server.errors import server_error
-from limner.server.inputs.fetch import default_policy
 from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
 from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
@@ -358,6 +357,8 @@ class JobManager:
 
     async def _call_back(self, record: JobRecord) -> None:
         """POST the ended job to its callback URL, signed with the callback secret (callbacks.py)."""
+        from limner.server.inputs.fetch import default_policy  # httpx2 stays off the start-up path
+
         state = self.app.state
         delivered = await callbacks.deliver(
             record.callback_url or "",
