@@ -1,6 +1,8 @@
 """A shared service that hangs must not starve the server: S3 frozen (moto's server stopped with
 SIGSTOP) while /health is polled at 10 Hz; requests that never touch S3 are still served, and /health
-answers at once that the image store does not answer."""
+answers at once that the image store does not answer. PostgreSQL frozen under `keys_url`: no call
+waits on it (a fast 503, or the last good key set for its grace), and nothing opens a connection on
+the event loop."""
 
 from __future__ import annotations
 
@@ -92,3 +94,61 @@ async def test_a_frozen_s3_does_not_starve_b64_requests(
     # read timeout, 15 s, per request.
     assert elapsed < 60, elapsed
     assert answers and not answers[-1]["ok"] and "no answer" in str(answers[-1]["error"])
+
+
+@pytest.fixture
+def frozen_postgres(postgres: str) -> Iterator[tuple[str, int]]:
+    """A database of its own in the session's cluster, and the pid to freeze; thawed afterwards."""
+    from tests.support.postgres import fresh_database, postmaster_pid
+
+    url, pid = fresh_database(postgres), postmaster_pid(postgres)
+    try:
+        yield url, pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def _timed(client: httpx2.AsyncClient, path: str, **headers: str) -> tuple[int, float]:
+    started = time.monotonic()
+    response = await client.get(path, headers=headers)
+    return response.status_code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("keys", [True, False], ids=["keys-required", "open-server"])
+async def test_a_frozen_key_database_answers_fast(
+    tmp_path: Path, frozen_postgres: tuple[str, int], keys: bool
+) -> None:
+    from limner.stores.keys.postgres import PostgresKeyStore
+
+    url, pid = frozen_postgres
+    secret = PostgresKeyStore(url).create("ci")[1] if keys else ""
+    settings = Settings(data_dir=tmp_path, keys_url=url)
+    auth = {"authorization": f"Bearer {secret}"} if keys else {}
+    async with app_client(settings) as client:
+        guard = client.app.state.key_guard  # type: ignore[attr-defined]
+        guard.ttl, guard.grace, guard.wait = 0.2, 1.0, 0.5  # the defaults' shape, in less time
+        assert (await client.get("/v1/models", headers=auth)).status_code == 200
+        os.kill(pid, signal.SIGSTOP)  # new connections are accepted by the kernel; nobody answers
+        try:
+            answers = []
+            for _ in range(12):  # 3 s: past the grace, into a refresh that waits out its connect time-out
+                answers.append(await _timed(client, "/v1/models", **auth))
+                answers.append(await _timed(client, "/health"))
+                await asyncio.sleep(0.25)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Before: with keys required, each call waited behind one lock for the connect time-out (5 s a
+        # refresh, 12 s seen); on an open server, /health and every call opened a connection on the
+        # event loop. Now: the slowest answer is far below one connect time-out (a generous bound).
+        assert max(elapsed for _, elapsed in answers) < 3.0, answers
+        v1 = [status for status, _ in answers[0::2]]
+        if keys:
+            # The last good key set for its grace, then a 503 (never a 500, never an open door).
+            assert set(v1) <= {200, 503} and v1[0] == 200 and v1[-1] == 503, v1
+        else:
+            assert set(v1) <= {200, 503}, v1
+        # Thawed, the keys are read again.
+        deadline = time.monotonic() + 30
+        while (await client.get("/v1/models", headers=auth)).status_code != 200:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)

@@ -17,6 +17,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Each running cluster's data directory, by URL (a test that freezes the server reads its pid there).
+DATA_DIRS: dict[str, Path] = {}
+
+
+def postmaster_pid(url: str) -> int:
+    """The pid of the cluster's server process (SIGSTOP on it freezes new connections)."""
+    return int((DATA_DIRS[url] / "postmaster.pid").read_text().split()[0])
+
 
 def binaries() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -61,6 +69,7 @@ def throwaway_cluster() -> Iterator[str]:
         capture_output=True,
     )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    DATA_DIRS[url] = data
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -71,6 +80,7 @@ def throwaway_cluster() -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
+        DATA_DIRS.pop(url, None)
         subprocess.run(
             _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
             capture_output=True,

@@ -5,8 +5,9 @@ keys are required once any key has ever been created there (the key store record
 revoking every key, or deleting the database, closes the server rather than opening it.
 
 Key look-ups never run on the event loop: the active hashes are cached for a second and refreshed in a
-worker thread, one refresh at a time, so a database locked by another process delays only the calls
-that need a key (then a 503), never /health or streams already running.
+worker thread, one refresh at a time, and no call waits behind a refresh for long (KeyGuard), so a
+database locked, stopped or frozen delays only the calls that need a key (then a fast 503), never
+/health or streams already running.
 """
 
 from __future__ import annotations
@@ -34,14 +35,32 @@ UNAVAILABLE = (
 
 
 class KeyGuard:
-    """Decides, per request, whether a key is needed and which hashes are in force."""
+    """Decides, per request, whether a key is needed and which hashes are in force.
 
-    def __init__(self, store: KeyStore, mode: AuthMode | None, *, ttl: float = 1.0) -> None:
+    The key set is cached for `ttl` seconds (a revocation takes effect within it) and refreshed in a
+    worker thread, one refresh at a time. While a refresh is in flight nobody queues behind it: a
+    request is served the last good set if that is at most `grace` seconds past its `ttl`, and answered
+    503 at once otherwise, so a frozen key database (PostgreSQL stopped with SIGSTOP: a connect waits
+    out its time-out) costs a client one fast 503, never a wait behind a lock. The request that starts
+    a refresh waits for it at most `wait` seconds.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        mode: AuthMode | None,
+        *,
+        ttl: float = 1.0,
+        grace: float = 10.0,
+        wait: float = 1.0,
+    ) -> None:
         self.store = store
         self.mode = mode
         self.ttl = ttl
+        self.grace = grace
+        self.wait = wait
         self._cached: tuple[float, Mapping[str, str] | None] | None = None
-        self._lock = asyncio.Lock()
+        self._refresh: asyncio.Future[Mapping[str, str] | None] | None = None
 
     def _read(self) -> Mapping[str, str] | None:
         if self.mode == "none":
@@ -69,22 +88,41 @@ class KeyGuard:
         if self.mode == "none":
             return None
         cached = self._cached
-        # An open data dir closes the moment a first key is created (the marker is one stat away);
-        # otherwise a look-up is at most `ttl` old (a revocation takes effect within it).
-        fresh = cached is not None and time.monotonic() - cached[0] < self.ttl
-        if fresh and cached is not None and not (cached[1] is None and self.store.required()):
+        age = time.monotonic() - cached[0] if cached is not None else float("inf")
+        # An open data dir closes the moment a first key is created. Where that marker is a local file it
+        # is one stat away; a database's marker is read in the refresh, never on the event loop.
+        if (
+            cached is not None
+            and age < self.ttl
+            and not (cached[1] is None and self.store.marker_is_local and self.store.required())
+        ):
             return cached[1]
-        async with self._lock:
-            if self._cached is not None and self._cached is not cached:
-                return self._cached[1]  # another request refreshed it while this one waited
-            try:
-                result = await asyncio.to_thread(self._read)
-            except KeyDatabaseError as exc:
-                self._cached = None
-                log.error("refusing /v1 calls: %s", exc)
-                raise ServiceUnavailable(UNAVAILABLE) from None
-            self._cached = (time.monotonic(), result)
-            return result
+        usable = cached is not None and age < self.ttl + self.grace
+        if self._refresh is not None:  # someone else is refreshing: nobody waits behind it
+            if usable and cached is not None:
+                return cached[1]
+            raise ServiceUnavailable(UNAVAILABLE)
+        refresh = self._refresh = asyncio.ensure_future(asyncio.to_thread(self._read))
+        refresh.add_done_callback(self._refreshed)
+        try:
+            return await asyncio.wait_for(asyncio.shield(refresh), self.wait)
+        except TimeoutError:
+            if usable and cached is not None:
+                return cached[1]
+            raise ServiceUnavailable(UNAVAILABLE) from None
+        except KeyDatabaseError:
+            raise ServiceUnavailable(UNAVAILABLE) from None
+
+    def _refreshed(self, refresh: asyncio.Future[Mapping[str, str] | None]) -> None:
+        self._refresh = None
+        if refresh.cancelled():
+            return
+        exc = refresh.exception()
+        if exc is None:
+            self._cached = (time.monotonic(), refresh.result())
+        else:
+            # The last good set stays for its grace; past it, calls are refused (503) until a read works.
+            log.error("refusing /v1 calls: %s", exc)
 
 
 async def require_key(request: Request) -> None:

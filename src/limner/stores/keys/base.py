@@ -48,6 +48,9 @@ class KeyStore(abc.ABC):
     """Where API keys live: SQLite in the data dir, or PostgreSQL shared by replicas."""
 
     kind: str
+    #: Whether `required()` is a local file check, cheap enough for the event loop (SQLite's marker);
+    #: a database's is read only in a worker thread.
+    marker_is_local: bool = False
 
     @property
     @abc.abstractmethod

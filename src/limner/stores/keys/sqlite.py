@@ -39,6 +39,7 @@ class SqliteKeyStore(KeyStore):
     """Keys in a SQLite file, with the `auth-required` marker beside it (see the module docstring)."""
 
     kind = "sqlite"
+    marker_is_local = True
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         self.path = path
