@@ -15,7 +15,9 @@ renders them as {"error": {...}}. Tree:
     ├── RateLimited                     429 code rate_limit_exceeded (+ Retry-After)
     ├── EngineUnavailable               503 (an engine or extra that is not installed or not loaded)
     ├── ServiceUnavailable              503 (the key database cannot be read)
+    │   └── JobStoreUnavailable         503 (the job store cannot be written: read-only, database down)
     └── StorageUnavailable              507 (url-mode images cannot be stored: disk full, read-only)
+        └── JobStoreFull                507 (the job store's disk or database is full)
 
     JobCancelled (an Exception, not a LimnerError: no envelope of its own)
                                         the client left, or the job was cancelled; the server
@@ -136,6 +138,19 @@ class StorageUnavailable(LimnerError):
     status_code = 507
     error_type = "server_error"
     default_code = "storage_unavailable"
+
+
+class JobStoreUnavailable(ServiceUnavailable):
+    """The job store cannot record a job (a read-only data dir, PostgreSQL down or not answering):
+    asynchronous and idempotent requests are refused; plain ones are still served."""
+
+    default_code = "job_store_unavailable"
+
+
+class JobStoreFull(StorageUnavailable):
+    """The job store's disk (or database) is full: nothing more can be recorded until space is freed."""
+
+    default_code = "job_store_full"
 
 
 class JobCancelled(Exception):

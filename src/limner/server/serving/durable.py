@@ -21,7 +21,6 @@ builder a stream uses, so an event name has one shape wherever it is read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -52,6 +51,8 @@ log = logging.getLogger("limner.jobs")
 
 Parse = Callable[[Request], Awaitable[Work]]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: How long a job's end is retried while the job store cannot be written.
+END_WRITE_SECONDS = 60.0
 
 
 def owner_of(request: Request) -> str:
@@ -261,15 +262,17 @@ class JobManager:
     async def _drive(self, live: Live) -> None:
         record, run = live.record, live.run
         state = self.app.state
-        ttl = state.settings.url_ttl_seconds
 
         async def started() -> None:
             # Once per run, a recovered job's too: counted, so that one that takes the server down each
             # time it runs is stopped (max_job_attempts) instead of being run at every start.
             record.status, record.attempts = "in_progress", record.attempts + 1
-            await asyncio.to_thread(
-                self.store.update, record.id, status="in_progress", attempts=record.attempts
-            )
+            try:
+                await asyncio.to_thread(
+                    self.store.update, record.id, status="in_progress", attempts=record.attempts
+                )
+            except LimnerError as exc:  # the store cannot be written now: the job runs, its end is retried
+                log.warning("job %s: its start cannot be recorded: %s", record.id, exc.message)
             run.publish()
 
         try:
@@ -281,42 +284,80 @@ class JobManager:
                 if self._stopping:
                     return  # left active in the store: the next start runs it again
                 record.status = "cancelled"
-                await asyncio.to_thread(self.store.end, record.id, "cancelled", ttl=ttl)
-                return
-            if run.error is not None:
-                await self._failed(record, run.error.to_dict(), run.error.status_code, ttl)
-                return
-            # Stream events carry the bytes themselves, so a stream's response is b64_json.
-            work = run.work
-            if record.stream:
-                work = replace(work, resolved=replace(work.resolved, response_format="b64_json"))
-            response = await asyncio.to_thread(
-                images_body, work, run.encoded, store=state.store, base=record.base_url, metrics=state.metrics
-            )
-            record.status, record.result = "completed", {"response": response, "completed": run.completed}
-            await asyncio.to_thread(
-                self.store.end, record.id, "completed", ttl=ttl, result=record.result, status_code=200
-            )
+            elif run.error is not None:
+                self._set_failed(record, run.error.to_dict(), run.error.status_code)
+            else:
+                # Stream events carry the bytes themselves, so a stream's response is b64_json.
+                work = run.work
+                if record.stream:
+                    work = replace(work, resolved=replace(work.resolved, response_format="b64_json"))
+                response = await asyncio.to_thread(
+                    images_body,
+                    work,
+                    run.encoded,
+                    store=state.store,
+                    base=record.base_url,
+                    metrics=state.metrics,
+                )
+                record.status, record.result = "completed", {"response": response, "completed": run.completed}
+                record.status_code = 200
         except Exception:
             log.exception("job %s failed", record.id)
-            with contextlib.suppress(Exception):
-                await self._failed(record, server_error().to_dict(), 500, ttl)
+            self._set_failed(record, server_error().to_dict(), 500)
         finally:
+            # Whoever waits is answered once the end is in the store, or from memory if the first write
+            # fails; the live entry (what GET reads) stays until the end is in the store (_write_end).
+            if record.status in ENDED:
+                await self._write_end(record, live.done)
             live.done.set()
             run.publish()
             self.live.pop(record.id, None)
             if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
 
-    async def _failed(self, record: JobRecord, error: dict[str, Any], status_code: int, ttl: int) -> None:
-        """The job failed. Only a final outcome (a 4xx) stays its Idempotency-Key's answer: after a server
-        error (5xx: storage, a database or an engine down for a while) the key is released, so a retry
-        with it runs the request again, as Stripe's idempotency does; the failed job stays readable."""
+    @staticmethod
+    def _set_failed(record: JobRecord, error: dict[str, Any], status_code: int) -> None:
         record.status, record.error, record.status_code = "failed", error, status_code
+
+    async def _write_end(self, record: JobRecord, answered: asyncio.Event) -> None:
+        """Record the job's end, retrying while the store cannot be written (a full disk, PostgreSQL
+        restarting) for up to `END_WRITE_SECONDS`; after that the job stays active in the store, and the
+        next start runs it again (an attempt counted), rather than lose it. `answered` is set after the
+        first attempt: a waiting client is not kept waiting by the retries."""
+        delay, deadline = 0.25, time.monotonic() + END_WRITE_SECONDS
+        while True:
+            try:
+                await self._end(record)
+                return
+            except Exception as exc:  # the store's error (LimnerError) or anything a driver raises
+                answered.set()
+                self.live[record.id].run.publish()
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "job %s ended %s but its end cannot be recorded: %s", record.id, record.status, exc
+                    )
+                    return
+                if delay == 0.25:
+                    log.warning("job %s: its end cannot be recorded yet (retrying): %s", record.id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _end(self, record: JobRecord) -> None:
+        """Write the ended record. Only a final outcome (2xx, 4xx) stays its Idempotency-Key's answer:
+        after a server error (5xx: storage, a database or an engine down for a while) the key is
+        released, so a retry with it runs the request again, as Stripe's idempotency does; the failed
+        job stays readable."""
+        ttl = self.app.state.settings.url_ttl_seconds
         await asyncio.to_thread(
-            self.store.end, record.id, "failed", ttl=ttl, error=error, status_code=status_code
+            self.store.end,
+            record.id,
+            record.status,
+            ttl=ttl,
+            result=record.result if record.status == "completed" else None,
+            error=record.error if record.status == "failed" else None,
+            status_code=record.status_code if record.status != "cancelled" else None,
         )
-        if status_code >= 500 and record.idempotency_key is not None:
+        if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
             await asyncio.to_thread(self.store.update, record.id, idempotency_key=None)
 
     async def recover(self) -> int:
@@ -330,9 +371,8 @@ class JobManager:
                     "finished (it may need more memory than the server has); it is not run again.",
                     code="job_attempts_exceeded",
                 )
-                await self._failed(
-                    record, error.to_dict(), error.status_code, self.app.state.settings.url_ttl_seconds
-                )
+                self._set_failed(record, error.to_dict(), error.status_code)
+                await self._end(record)
                 log.warning("job %s failed after %d attempts", record.id, record.attempts)
                 continue
             request = replayed_request(self.app, record)
@@ -340,14 +380,8 @@ class JobManager:
                 work = await self._parse_for(record)(request)
                 self._start(record, work, record.owner, admitted=True)
             except LimnerError as exc:
-                await asyncio.to_thread(
-                    self.store.end,
-                    record.id,
-                    "failed",
-                    ttl=self.app.state.settings.url_ttl_seconds,
-                    error=exc.to_dict(),
-                    status_code=exc.status_code,
-                )
+                self._set_failed(record, exc.to_dict(), exc.status_code)
+                await self._end(record)
         if records:
             log.info("resumed %d job(s) that were queued or running", len(records))
         return len(records)
@@ -373,6 +407,8 @@ class JobManager:
 
     async def _answer(self, request: Request, record: JobRecord, asynchronous: bool) -> Response:
         live = self.live.get(record.id)
+        if live is not None and live.done.is_set():  # ended; its end may not be in the store yet
+            record, live = live.record, None
         if asynchronous:
             return self._job_response(live.record if live else record, live, status=202 if live else 200)
         if live is not None:

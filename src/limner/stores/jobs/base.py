@@ -19,7 +19,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from limner.errors import JobStoreFull, JobStoreUnavailable, LimnerError
+
 ENDED = ("completed", "failed", "cancelled")
+#: What /health writes (and gives back) to see that a job fits: a request with a small upload.
+PROBE_ROOM = bytes(64 * 1024)
 
 
 @dataclass
@@ -76,13 +80,36 @@ class JobStore(abc.ABC):
     def _connect(self) -> AbstractContextManager[Any]:
         """This thread's connection, in a transaction."""
 
+    @abc.abstractmethod
+    def _failure(self, exc: Exception) -> LimnerError | None:
+        """What a driver's error means for a client (use `_full` or `_unavailable`), or None to let it
+        through (an integrity error: an idempotency key taken by another request)."""
+
+    def _full(self) -> JobStoreFull:
+        return JobStoreFull(
+            "The server cannot record this job: its job store is full. Plain requests (without "
+            "Idempotency-Key or Prefer: respond-async) are still served; retry later."
+        )
+
+    def _unavailable(self) -> JobStoreUnavailable:
+        return JobStoreUnavailable(
+            "The server cannot record this job: its job store cannot be written. Plain requests (without "
+            "Idempotency-Key or Prefer: respond-async) are still served; retry later."
+        )
+
     def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
-        with self._connect() as db:
-            return db.execute(sql, args)
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args)
+        except Exception as exc:
+            raise self._failure(exc) or exc from exc
 
     def _rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._connect() as db:
-            rows: list[tuple[Any, ...]] = db.execute(sql, args).fetchall()
+        try:
+            with self._connect() as db:
+                rows: list[tuple[Any, ...]] = db.execute(sql, args).fetchall()
+        except Exception as exc:
+            raise self._failure(exc) or exc from exc
         return rows
 
     def _records(
@@ -92,10 +119,23 @@ class JobStore(abc.ABC):
             yield _record(row)
 
     def check(self) -> str | None:
-        """None when the store answers, else why (for /health)."""
+        """None when the store can be written, else why (for /health): a write, not a read, since a full
+        disk or a read-only data dir still answers SELECT 1 while no job can be recorded."""
+        p = self.PLACEHOLDER
         try:
-            self._rows("SELECT 1")
-        except Exception as exc:  # sqlite3 or psycopg: whatever the database says, for /health
+            with self._connect() as db:
+                # Room for a typical job, taken and given back in one transaction: rewriting a row in
+                # place succeeds on a full disk, where recording a new job does not.
+                db.execute(
+                    f"UPDATE limner_probe SET at = {p}, room = {p} WHERE id = 1", (time.time_ns(), PROBE_ROOM)
+                )
+                db.execute("UPDATE limner_probe SET room = NULL WHERE id = 1")
+        except Exception as exc:  # whatever the database says, for /health
+            failure = self._failure(exc)
+            if isinstance(failure, JobStoreFull):
+                return "the job store is full"
+            if failure is not None:
+                return "the job store cannot be written"
             return f"the job store does not answer: {type(exc).__name__}"
         return None
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from limner.errors import LimnerError
 from limner.stores import postgres
 from limner.stores.jobs.base import JobStore
 
@@ -40,6 +41,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner,
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS limner_jobs_owner ON limner_jobs (owner, created_ns);
 CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
+-- One row that /health rewrites: the store is healthy only if it can be written.
+CREATE TABLE IF NOT EXISTS limner_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL, room BYTEA);
+INSERT INTO limner_probe (id, at) VALUES (1, 0) ON CONFLICT DO NOTHING;
 ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0;
 """
 
@@ -52,13 +56,25 @@ class PostgresJobStore(JobStore):
         self._psycopg = postgres.psycopg_for("jobs_url", url)
         self.url = url
         self._local = threading.local()
-        with self._connect() as db:
-            postgres.create_schema(db, SCHEMA)
+        try:
+            with self._connect() as db:
+                postgres.create_schema(db, SCHEMA)
+        except self._psycopg.Error as exc:  # one line at start-up, not a traceback
+            raise ValueError(
+                f"jobs_url: the job database {postgres.where(self._psycopg, url)} cannot be used: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from None
+
+    def _failure(self, exc: Exception) -> LimnerError | None:
+        errors = self._psycopg.errors
+        if isinstance(exc, self._psycopg.IntegrityError) or not isinstance(exc, self._psycopg.Error):
+            return None
+        return self._full() if isinstance(exc, errors.DiskFull) else self._unavailable()
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
         db = getattr(self._local, "db", None)
-        if db is None or db.closed:
-            db = self._local.db = self._psycopg.connect(self.url, autocommit=True)
+        if db is None or db.closed or db.broken:  # a server restart breaks it
+            db = self._local.db = self._psycopg.connect(self.url, autocommit=True, connect_timeout=5)
         with db.transaction():
             yield db

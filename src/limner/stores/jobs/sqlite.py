@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from limner.errors import LimnerError
 from limner.stores.jobs.base import JobStore
 from limner.stores.sqlite import private
 
@@ -41,6 +42,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner,
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS limner_jobs_owner ON limner_jobs (owner, created_ns);
 CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
+-- One row that /health rewrites: the store is healthy only if it can be written.
+CREATE TABLE IF NOT EXISTS limner_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL, room BLOB);
+INSERT OR IGNORE INTO limner_probe (id, at) VALUES (1, 0);
 """
 
 
@@ -58,6 +62,12 @@ class SqliteJobStore(JobStore):
             if "attempts" not in columns:  # a database from before attempts were counted
                 db.execute("ALTER TABLE limner_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
         private(path)
+
+    def _failure(self, exc: Exception) -> LimnerError | None:
+        if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
+            return None
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        return self._full() if code == sqlite3.SQLITE_FULL else self._unavailable()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
