@@ -133,6 +133,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             sweeper.cancel()
             manager.stop()
             scheduler.shutdown()
+            await manager.release()
             scheduler.residency.close_all()
             probes.close()
 

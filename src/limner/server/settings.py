@@ -161,6 +161,9 @@ class Settings(BaseModel):
     #: A job whose run was started this many times (a restart runs what was running) is failed instead
     #: of being started again: one that takes the server down (out of memory) must not do so forever.
     max_job_attempts: int = Field(default=3, ge=1)
+    #: How long a replica's claim on a job holds without renewal (renewed three times within it):
+    #: replicas sharing `jobs_url` take over the jobs of one that stopped after this long.
+    job_lease_seconds: float = Field(default=30.0, ge=1.0)
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None

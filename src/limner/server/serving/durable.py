@@ -21,6 +21,7 @@ builder a stream uses, so an event name has one shape wherever it is read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,8 +42,9 @@ from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
 from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
 from limner.server.serving.run import Run
+from limner.server.serving.runners import RunnerLock
 from limner.server.serving.work import Work, client_of, link_base
-from limner.stores.jobs import ENDED, JobRecord, JobStore
+from limner.stores.jobs import ENDED, JobRecord, JobStore, KeyTaken, Lease
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -53,6 +55,8 @@ Parse = Callable[[Request], Awaitable[Work]]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: How long a job's end is retried while the job store cannot be written.
 END_WRITE_SECONDS = 60.0
+#: How often a request waiting for a job that runs on another replica reads the store.
+ELSEWHERE_POLL_SECONDS = 0.25
 
 
 def owner_of(request: Request) -> str:
@@ -147,6 +151,8 @@ class Live:
     run: Run
     #: Set once the job's end is written to the store (a waiting retry then replays it).
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Another replica took the job over (this one stopped renewing in time): its run stops, unrecorded.
+    lost: bool = False
 
 
 class JobManager:
@@ -160,11 +166,26 @@ class JobManager:
         self._claims = Claims()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        settings = app.state.settings
+        self.lease_seconds: float = settings.job_lease_seconds
+        self.runner = RunnerLock(settings.data_dir / "runners")
+        self._keeper: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         """The server is shutting down: jobs still queued or running stay so in the store, and the
-        next start runs them (the same as after a crash, without the crash)."""
+        next start (or another replica) runs them (the same as after a crash, without the crash)."""
         self._stopping = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+
+    async def release(self) -> None:
+        """After stop(): give this runner's claims up, so that they are taken over at once."""
+        with contextlib.suppress(Exception):  # a store that is down: the leases expire instead
+            await asyncio.to_thread(self.store.release, self.runner.id)
+        self.runner.close()
+
+    def _lease_end(self) -> int:
+        return int((time.time() + self.lease_seconds) * 1000)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -194,13 +215,7 @@ class JobManager:
                 if key is not None:
                     existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key)
                     if existing is not None:
-                        if existing.fingerprint != digest:
-                            raise InvalidRequest(
-                                f"This {IDEMPOTENCY_HEADER} was already used with a different request. Use a "
-                                "new key for a new request.",
-                                param=IDEMPOTENCY_HEADER,
-                                code="idempotency_key_reused",
-                            )
+                        self._check_same(existing, digest)
                         return await self._answer(request, existing, asynchronous)
                 work = await parse(request)  # a request that is not valid is refused here; nothing is stored
                 now = int(time.time())
@@ -222,8 +237,17 @@ class JobManager:
                     base_url=link_base(request),
                     callback_url=self._callback(request),
                     stream=work.resolved.stream and not asynchronous,
+                    runner=self.runner.id,
+                    lease_until=self._lease_end(),
                 )
-                await asyncio.to_thread(self.store.insert, record)
+                try:
+                    await asyncio.to_thread(self.store.insert, record)
+                except KeyTaken:  # another replica recorded this key first: its job is the answer
+                    existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
+                    if existing is None:
+                        raise
+                    self._check_same(existing, digest)
+                    return await self._answer(request, existing, asynchronous)
                 try:
                     live = self._start(record, work, client_of(request), admitted=False)
                 except LimnerError:  # the queue is full: nothing was accepted
@@ -234,6 +258,16 @@ class JobManager:
         if asynchronous:
             return self._job_response(record, live, status=202)
         return await self._answer_live(request, live)
+
+    @staticmethod
+    def _check_same(existing: JobRecord, digest: str) -> None:
+        if existing.fingerprint != digest:
+            raise InvalidRequest(
+                f"This {IDEMPOTENCY_HEADER} was already used with a different request. Use a new key for a "
+                "new request.",
+                param=IDEMPOTENCY_HEADER,
+                code="idempotency_key_reused",
+            )
 
     def _callback(self, request: Request) -> str | None:
         url = request.headers.get(CALLBACK_HEADER)
@@ -281,8 +315,8 @@ class JobManager:
             except asyncio.CancelledError:
                 run.cancelled = True
             if run.cancelled:
-                if self._stopping:
-                    return  # left active in the store: the next start runs it again
+                if self._stopping or live.lost:
+                    return  # left active in the store: the next start (or the replica that took it) runs it
                 record.status = "cancelled"
             elif run.error is not None:
                 self._set_failed(record, run.error.to_dict(), run.error.status_code)
@@ -361,30 +395,88 @@ class JobManager:
             await asyncio.to_thread(self.store.update, record.id, idempotency_key=None)
 
     async def recover(self) -> int:
-        """Run again every job that was queued or running when the server stopped; return how many."""
-        records = await asyncio.to_thread(self.store.active)
-        limit = self.app.state.settings.max_job_attempts
-        for record in records:
-            if record.attempts >= limit:
-                error = LimnerError(
-                    f"This job was started {record.attempts} times and each time the server stopped before it "
-                    "finished (it may need more memory than the server has); it is not run again.",
-                    code="job_attempts_exceeded",
-                )
-                self._set_failed(record, error.to_dict(), error.status_code)
-                await self._end(record)
-                log.warning("job %s failed after %d attempts", record.id, record.attempts)
-                continue
-            request = replayed_request(self.app, record)
+        """At start-up: run again every job that was queued or running when its runner stopped (this
+        server before a restart, or a replica that is gone), then keep this runner's leases (_keep);
+        return how many were taken over."""
+        taken = await self._take_over(await asyncio.to_thread(self.store.leases))
+        if taken:
+            log.info("resumed %d job(s) that were queued or running", taken)
+        self._keeper = asyncio.create_task(self._keep())
+        return taken
+
+    async def _keep(self) -> None:
+        """Every tick: cancel the live jobs whose cancel was asked on any replica, stop those another
+        replica took over, take over jobs whose runner is gone; every third of a lease, renew ours."""
+        tick = min(1.0, self.lease_seconds / 6)
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
             try:
-                work = await self._parse_for(record)(request)
-                self._start(record, work, record.owner, admitted=True)
-            except LimnerError as exc:
-                self._set_failed(record, exc.to_dict(), exc.status_code)
-                await self._end(record)
-        if records:
-            log.info("resumed %d job(s) that were queued or running", len(records))
-        return len(records)
+                if time.monotonic() - renewed >= self.lease_seconds / 3:
+                    await asyncio.to_thread(self.store.renew, self.runner.id, self._lease_end())
+                    renewed = time.monotonic()
+                known = set(self.live)  # jobs started after the read below are not in it yet
+                leases = await asyncio.to_thread(self.store.leases)
+                ours = {lease.id: lease for lease in leases if lease.runner == self.runner.id}
+                for job_id in known:
+                    live = self.live.get(job_id)
+                    if live is None or live.done.is_set():
+                        continue
+                    if job_id not in ours:  # taken over (and maybe ended) by another replica
+                        live.lost = True
+                        log.warning("job %s was taken over by another runner; its run here stops", job_id)
+                        live.run.cancel()
+                    elif ours[job_id].cancel_requested:
+                        live.run.cancel()
+                taken = await self._take_over(leases)
+                if taken:
+                    log.info("took over %d job(s) whose runner stopped", taken)
+            except Exception as exc:  # a store that is down: try again next tick
+                log.warning("job leases: %s", exc)
+
+    def _orphaned(self, lease: Lease) -> bool:
+        if lease.runner == self.runner.id:
+            return False
+        if lease.runner is None or not lease.lease_until or lease.lease_until < time.time() * 1000:
+            return True
+        return self.runner.dead_here(lease.runner)
+
+    async def _take_over(self, leases: list[Lease]) -> int:
+        taken = 0
+        for lease in leases:
+            if self._stopping or not self._orphaned(lease):
+                continue
+            if not await asyncio.to_thread(self.store.claim, lease, self.runner.id, self._lease_end()):
+                continue  # another replica was first
+            record = await asyncio.to_thread(self.store.get, lease.id)
+            if record is None:
+                continue
+            taken += 1
+            await self._resume(record)
+        return taken
+
+    async def _resume(self, record: JobRecord) -> None:
+        if record.cancel_requested:
+            record.status = "cancelled"
+            await self._end(record)
+            return
+        if record.attempts >= self.app.state.settings.max_job_attempts:
+            error = LimnerError(
+                f"This job was started {record.attempts} times and each time the server stopped before it "
+                "finished (it may need more memory than the server has); it is not run again.",
+                code="job_attempts_exceeded",
+            )
+            self._set_failed(record, error.to_dict(), error.status_code)
+            await self._end(record)
+            log.warning("job %s failed after %d attempts", record.id, record.attempts)
+            return
+        request = replayed_request(self.app, record)
+        try:
+            work = await self._parse_for(record)(request)
+            self._start(record, work, record.owner, admitted=True)
+        except LimnerError as exc:
+            self._set_failed(record, exc.to_dict(), exc.status_code)
+            await self._end(record)
 
     def _parse_for(self, record: JobRecord) -> Parse:
         return self.parsers[record.operation]
@@ -413,7 +505,23 @@ class JobManager:
             return self._job_response(live.record if live else record, live, status=202 if live else 200)
         if live is not None:
             return await self._answer_live(request, live)
+        if record.status not in ENDED:
+            return await self._answer_elsewhere(request, record)
         return self._replay(record)
+
+    async def _answer_elsewhere(self, request: Request, record: JobRecord) -> Response:
+        """The job runs on another replica (or waits to be taken over): wait for its stored end, as a
+        retry here waits for a job live here, and replay it."""
+        while True:
+            live = self.live.get(record.id)
+            if live is not None:  # taken over by this replica meanwhile
+                return await self._answer_live(request, live)
+            current = await asyncio.to_thread(self.store.get, record.id)
+            if current is None or current.status in ENDED:
+                return self._replay(current or record)
+            if await request.is_disconnected():
+                raise JobCancelled()
+            await asyncio.sleep(ELSEWHERE_POLL_SECONDS)
 
     async def _answer_live(self, request: Request, live: Live) -> Response:
         record = live.record

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,8 @@ from limner.stores.jobs import ENDED, JobRecord
 
 #: How long /events stays silent before it sends a keep-alive comment.
 KEEP_ALIVE_SECONDS = 10.0
+#: How long DELETE waits for another replica to record a job's cancellation before it answers.
+CANCEL_WAIT_SECONDS = 30.0
 
 
 class JobsApi:
@@ -44,6 +47,22 @@ class JobsApi:
         if live is not None and record.status not in ENDED:
             live.run.cancel()
             await live.done.wait()
+        elif record.status not in ENDED:
+            # It runs on another replica (or waits to be taken over): the flag in the store reaches
+            # whichever runs it, within a tick of its lease keeper; wait for the end it records.
+            store = self.manager.store
+            await asyncio.to_thread(store.request_cancel, job_id)
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while record.status not in ENDED and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                here = self.manager.live.get(job_id)
+                if here is not None:  # taken over by this replica meanwhile
+                    here.run.cancel()
+                    await here.done.wait()
+                    record = here.record
+                else:
+                    stored = await asyncio.to_thread(store.get, job_id)
+                    record = stored or record
         return JSONResponse(job_object(record, None))
 
     async def listing(

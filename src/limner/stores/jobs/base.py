@@ -50,13 +50,34 @@ class JobRecord:
     status_code: int | None = None
     #: How many runs of this job started (a restart that finds it unfinished starts another).
     attempts: int = 0
+    #: The process running it (a replica's runner id) and until when (epoch ms) its claim holds
+    #: unless renewed: replicas that share the store run only jobs whose lease has expired.
+    runner: str | None = None
+    lease_until: int | None = None
+    #: DELETE on any replica sets it; the runner polls it and cancels the run.
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An active job's claim, as replicas see it (without the request's body)."""
+
+    id: str
+    runner: str | None
+    lease_until: int | None
+    cancel_requested: bool
+
+
+class KeyTaken(Exception):
+    """Another request (on this replica or another) recorded a job with this Idempotency-Key first."""
 
 
 COLUMNS = (
     "id, owner, idempotency_key, fingerprint, mode, operation, route, model, status, created_at, "
     "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code, "
-    "attempts"
+    "attempts, runner, lease_until, cancel_requested"
 )
+ACTIVE = "status IN ('queued', 'in_progress')"
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
@@ -66,6 +87,7 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     values[16] = bool(values[16])
     values[17] = json.loads(values[17]) if values[17] is not None else None
     values[18] = json.loads(values[18]) if values[18] is not None else None
+    values[23] = bool(values[23])
     return JobRecord(*values)
 
 
@@ -140,35 +162,48 @@ class JobStore(abc.ABC):
         return None
 
     def insert(self, job: JobRecord) -> None:
-        """Write a new job (raises the database's integrity error when its idempotency key is taken)."""
+        """Write a new job; KeyTaken when its Idempotency-Key is already recorded (by any replica)."""
         p = self.PLACEHOLDER
-        self._run(
-            f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * 22)})",
-            (
-                job.id,
-                job.owner,
-                job.idempotency_key,
-                job.fingerprint,
-                job.mode,
-                job.operation,
-                job.route,
-                job.model,
-                job.status,
-                job.created_at,
-                job.updated_at,
-                job.expires_at,
-                job.content_type,
-                job.body,
-                job.base_url,
-                job.callback_url,
-                int(job.stream),
-                None,
-                None,
-                None,
-                job.attempts,
-                time.time_ns(),
-            ),
+        values = (
+            job.id,
+            job.owner,
+            job.idempotency_key,
+            job.fingerprint,
+            job.mode,
+            job.operation,
+            job.route,
+            job.model,
+            job.status,
+            job.created_at,
+            job.updated_at,
+            job.expires_at,
+            job.content_type,
+            job.body,
+            job.base_url,
+            job.callback_url,
+            int(job.stream),
+            None,
+            None,
+            None,
+            job.attempts,
+            job.runner,
+            job.lease_until,
+            int(job.cancel_requested),
+            time.time_ns(),
         )
+        try:
+            self._run(
+                f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * len(values))})",
+                values,
+            )
+        except Exception as exc:
+            if job.idempotency_key is not None and self._is_key_taken(exc):
+                raise KeyTaken(job.idempotency_key) from exc
+            raise
+
+    @abc.abstractmethod
+    def _is_key_taken(self, exc: Exception) -> bool:
+        """Whether an insert failed on the idempotency index (the driver's unique violation)."""
 
     def get(self, job_id: str) -> JobRecord | None:
         return next(self._records(f"id = {self.PLACEHOLDER}", (job_id,)), None)
@@ -193,7 +228,45 @@ class JobStore(abc.ABC):
 
     def active(self) -> list[JobRecord]:
         """Jobs that were queued or running: what a restart must run again, oldest first."""
-        return list(self._records("status IN ('queued', 'in_progress')", (), "ORDER BY created_ns"))
+        return list(self._records(ACTIVE, (), "ORDER BY created_ns"))
+
+    # -- leases: which replica runs an active job ------------------------------------------------
+
+    def leases(self) -> list[Lease]:
+        """Every active job's claim, oldest first (a small read: no body, no result)."""
+        rows = self._rows(
+            f"SELECT id, runner, lease_until, cancel_requested FROM limner_jobs WHERE {ACTIVE} ORDER BY created_ns"
+        )
+        return [Lease(i, runner, until, bool(cancel)) for i, runner, until, cancel in rows]
+
+    def claim(self, lease: Lease, runner: str, until: int) -> bool:
+        """Take an active job for `runner` if its claim is still `lease` (compare and set: of replicas
+        that try at once, exactly one wins)."""
+        p = self.PLACEHOLDER
+        cur = self._run(
+            f"UPDATE limner_jobs SET runner = {p}, lease_until = {p} WHERE id = {p} AND {ACTIVE} "
+            f"AND COALESCE(runner, '') = {p} AND COALESCE(lease_until, 0) = {p}",
+            (runner, until, lease.id, lease.runner or "", lease.lease_until or 0),
+        )
+        return bool(cur.rowcount)
+
+    def renew(self, runner: str, until: int) -> None:
+        """Extend every active job's claim that `runner` holds."""
+        p = self.PLACEHOLDER
+        self._run(
+            f"UPDATE limner_jobs SET lease_until = {p} WHERE runner = {p} AND {ACTIVE}", (until, runner)
+        )
+
+    def release(self, runner: str) -> None:
+        """`runner` stops: its active jobs may be taken by anyone at once."""
+        p = self.PLACEHOLDER
+        self._run(f"UPDATE limner_jobs SET lease_until = 0 WHERE runner = {p} AND {ACTIVE}", (runner,))
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask whichever replica runs the job to cancel it; False when it is not active."""
+        p = self.PLACEHOLDER
+        cur = self._run(f"UPDATE limner_jobs SET cancel_requested = 1 WHERE id = {p} AND {ACTIVE}", (job_id,))
+        return bool(cur.rowcount)
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = int(time.time())

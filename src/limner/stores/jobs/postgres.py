@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     error TEXT,
     status_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
+    runner TEXT,
+    lease_until BIGINT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_ns BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
@@ -45,6 +48,9 @@ CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
 CREATE TABLE IF NOT EXISTS limner_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL, room BYTEA);
 INSERT INTO limner_probe (id, at) VALUES (1, 0) ON CONFLICT DO NOTHING;
 ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS runner TEXT;
+ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS lease_until BIGINT;
+ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS cancel_requested INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -64,6 +70,9 @@ class PostgresJobStore(JobStore):
                 f"jobs_url: the job database {postgres.where(self._psycopg, url)} cannot be used: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
             ) from None
+
+    def _is_key_taken(self, exc: Exception) -> bool:
+        return isinstance(exc, self._psycopg.errors.UniqueViolation)
 
     def _failure(self, exc: Exception) -> LimnerError | None:
         errors = self._psycopg.errors

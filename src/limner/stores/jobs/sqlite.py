@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     error TEXT,                        -- the error envelope (JSON)
     status_code INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
+    runner TEXT,                       -- the replica that runs it, while its lease holds
+    lease_until INTEGER,               -- epoch ms
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     created_ns INTEGER NOT NULL        -- orders jobs made within one second
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
@@ -46,6 +49,14 @@ CREATE INDEX IF NOT EXISTS limner_jobs_status ON limner_jobs (status);
 CREATE TABLE IF NOT EXISTS limner_probe (id INTEGER PRIMARY KEY, at BIGINT NOT NULL, room BLOB);
 INSERT OR IGNORE INTO limner_probe (id, at) VALUES (1, 0);
 """
+
+#: Columns added since the first release, for databases made before them.
+ADDED_COLUMNS = (
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("runner", "TEXT"),
+    ("lease_until", "INTEGER"),
+    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 class SqliteJobStore(JobStore):
@@ -59,9 +70,13 @@ class SqliteJobStore(JobStore):
         with self._connect() as db:
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(limner_jobs)")}
-            if "attempts" not in columns:  # a database from before attempts were counted
-                db.execute("ALTER TABLE limner_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+            for column, kind in ADDED_COLUMNS:  # a database made by an older limner
+                if column not in columns:
+                    db.execute(f"ALTER TABLE limner_jobs ADD COLUMN {column} {kind}")
         private(path)
+
+    def _is_key_taken(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
 
     def _failure(self, exc: Exception) -> LimnerError | None:
         if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
