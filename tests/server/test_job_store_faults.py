@@ -35,8 +35,8 @@ class FillableJobStore(SqliteJobStore):
     full = False
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with super()._connect() as db:
+    def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        with super()._connect(durable) as db:
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {pages if self.full else 2**30}")
             yield db
@@ -98,7 +98,7 @@ async def test_a_job_that_ends_while_the_store_is_full_is_recorded_when_space_re
         await until(
             lambda: (
                 client.app.state.jobs.live.get(job_id) is None
-                or client.app.state.jobs.live[job_id].done.is_set()
+                or client.app.state.jobs.live[job_id].answered.is_set()
             )
         )  # type: ignore[attr-defined]
         assert (await job(client, job_id))["status"] == "completed"

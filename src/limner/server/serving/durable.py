@@ -57,6 +57,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 END_WRITE_SECONDS = 60.0
 #: How often a request waiting for a job that runs on another replica reads the store.
 ELSEWHERE_POLL_SECONDS = 0.25
+#: Bodies below this are fingerprinted on the event loop (a small JSON body hashes in microseconds).
+INLINE_FINGERPRINT_BYTES = 64 * 1024
 
 
 def owner_of(request: Request) -> str:
@@ -151,6 +153,14 @@ class Live:
     run: Run
     #: Set once the job's end is written to the store (a waiting retry then replays it).
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once the job's answer can be given from `record`: a completed job's at once (its clients are
+    #: answered from memory while the end is written), any other's once stored (a retry after a 5xx must
+    #: find its key released).
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The write that records the job's start: off the request's path, awaited before its end is written.
+    start_write: asyncio.Future[None] | None = None
+    #: Its first run was counted when it was recorded (a synchronous job): nothing to write at its start.
+    counted: bool = False
     #: Another replica took the job over (this one stopped renewing in time): its run stops, unrecorded.
     lost: bool = False
 
@@ -206,17 +216,17 @@ class JobManager:
             )
         body = await request.body()
         content_type = request.headers.get("content-type", "")
-        digest = await asyncio.to_thread(fingerprint, request.url.path, content_type, body)
+        if len(body) < INLINE_FINGERPRINT_BYTES:  # microseconds: not worth a thread hop
+            digest = fingerprint(request.url.path, content_type, body)
+        else:
+            digest = await asyncio.to_thread(fingerprint, request.url.path, content_type, body)
         owner = owner_of(request)
         claim = self._claims.take(owner, key)
         try:
-            # One request per key at a time: a concurrent duplicate finds the first job.
+            # One request per key at a time here; across replicas the store's unique index decides. The
+            # key is not looked up first: the insert finds it taken (one write, not a read and a write,
+            # for the new request that nearly every key is).
             async with claim.lock:
-                if key is not None:
-                    existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key)
-                    if existing is not None:
-                        self._check_same(existing, digest)
-                        return await self._answer(request, existing, asynchronous)
                 work = await parse(request)  # a request that is not valid is refused here; nothing is stored
                 now = int(time.time())
                 record = JobRecord(
@@ -239,10 +249,13 @@ class JobManager:
                     stream=work.resolved.stream and not asynchronous,
                     runner=self.runner.id,
                     lease_until=self._lease_end(),
+                    # A synchronous job starts now (or waits in the queue with its client): its first run
+                    # is counted here, in the one write it costs, instead of in a write of its own.
+                    attempts=0 if asynchronous else 1,
                 )
                 try:
                     await asyncio.to_thread(self.store.insert, record)
-                except KeyTaken:  # another replica recorded this key first: its job is the answer
+                except KeyTaken:  # a retry, or a duplicate on another replica: the first job is the answer
                     existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
                     if existing is None:
                         raise
@@ -250,6 +263,7 @@ class JobManager:
                     return await self._answer(request, existing, asynchronous)
                 try:
                     live = self._start(record, work, client_of(request), admitted=False)
+                    live.counted = not asynchronous
                 except LimnerError:  # the queue is full: nothing was accepted
                     await asyncio.to_thread(self.store.delete, record.id)
                     raise
@@ -300,13 +314,16 @@ class JobManager:
         async def started() -> None:
             # Once per run, a recovered job's too: counted, so that one that takes the server down each
             # time it runs is stopped (max_job_attempts) instead of being run at every start.
+            if live.counted:  # the client waiting for it is its progress report: memory is enough
+                live.counted, record.status = False, "in_progress"
+                run.publish()
+                return
             record.status, record.attempts = "in_progress", record.attempts + 1
-            try:
-                await asyncio.to_thread(
+            live.start_write = asyncio.ensure_future(
+                asyncio.to_thread(
                     self.store.update, record.id, status="in_progress", attempts=record.attempts
                 )
-            except LimnerError as exc:  # the store cannot be written now: the job runs, its end is retried
-                log.warning("job %s: its start cannot be recorded: %s", record.id, exc.message)
+            )
             run.publish()
 
         try:
@@ -341,8 +358,16 @@ class JobManager:
         finally:
             # Whoever waits is answered once the end is in the store, or from memory if the first write
             # fails; the live entry (what GET reads) stays until the end is in the store (_write_end).
+            if record.status == "completed":
+                live.answered.set()
+            if live.start_write is not None:
+                try:
+                    await live.start_write
+                except Exception as exc:  # the store cannot be written now: the end is retried below
+                    log.warning("job %s: its start cannot be recorded: %s", record.id, exc)
             if record.status in ENDED:
-                await self._write_end(record, live.done)
+                await self._write_end(record, live.answered)
+            live.answered.set()
             live.done.set()
             run.publish()
             self.live.pop(record.id, None)
@@ -499,7 +524,7 @@ class JobManager:
 
     async def _answer(self, request: Request, record: JobRecord, asynchronous: bool) -> Response:
         live = self.live.get(record.id)
-        if live is not None and live.done.is_set():  # ended; its end may not be in the store yet
+        if live is not None and live.answered.is_set():  # ended; its end may not be in the store yet
             record, live = live.record, None
         if asynchronous:
             return self._job_response(live.record if live else record, live, status=202 if live else 200)
@@ -530,7 +555,7 @@ class JobManager:
                 self._stream(live), media_type="text/event-stream", headers=STREAM_HEADERS
             )
         # The job goes on if this client leaves (its retry will want it): only the waiting stops.
-        waiter = asyncio.ensure_future(live.done.wait())
+        waiter = asyncio.ensure_future(live.answered.wait())
         try:
             while not waiter.done():
                 await asyncio.wait({waiter}, timeout=0.2)

@@ -99,8 +99,10 @@ class JobStore(abc.ABC):
     PLACEHOLDER: str
 
     @abc.abstractmethod
-    def _connect(self) -> AbstractContextManager[Any]:
-        """This thread's connection, in a transaction."""
+    def _connect(self, durable: bool = False) -> AbstractContextManager[Any]:
+        """This thread's connection, in a transaction. `durable`: the commit reaches the disk before it
+        returns (an accepted asynchronous job survives a power cut); other writes survive a crash of
+        the server, and may be lost with the machine's power, like the client waiting for them."""
 
     @abc.abstractmethod
     def _failure(self, exc: Exception) -> LimnerError | None:
@@ -119,9 +121,9 @@ class JobStore(abc.ABC):
             "Idempotency-Key or Prefer: respond-async) are still served; retry later."
         )
 
-    def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+    def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = (), *, durable: bool = False) -> Any:
         try:
-            with self._connect() as db:
+            with self._connect(durable) as db:
                 return db.execute(sql, args)
         except Exception as exc:
             raise self._failure(exc) or exc from exc
@@ -195,6 +197,7 @@ class JobStore(abc.ABC):
             self._run(
                 f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * len(values))})",
                 values,
+                durable=job.mode == "async",  # a 202 promises the job; a waiting client retries anyway
             )
         except Exception as exc:
             if job.idempotency_key is not None and self._is_key_taken(exc):

@@ -81,9 +81,11 @@ class PostgresJobStore(JobStore):
         return self._full() if isinstance(exc, errors.DiskFull) else self._unavailable()
 
     @contextmanager
-    def _connect(self) -> Iterator[Any]:
+    def _connect(self, durable: bool = False) -> Iterator[Any]:
         db = getattr(self._local, "db", None)
         if db is None or db.closed or db.broken:  # a server restart breaks it
             db = self._local.db = self._psycopg.connect(self.url, autocommit=True, connect_timeout=5)
         with db.transaction():
+            if not durable:  # the commit returns before the WAL reaches the disk (still crash-safe)
+                db.execute("SET LOCAL synchronous_commit = off")
             yield db
