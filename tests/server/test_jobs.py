@@ -543,7 +543,7 @@ async def test_the_key_lock_table_forgets_keys_with_nothing_in_flight(tmp_path: 
 
 
 def test_the_fingerprint_takes_the_route_and_ignores_explicit_defaults() -> None:
-    from limner.server.serving.durable import fingerprint
+    from limner.server.serving.fingerprints import fingerprint
 
     plain = json.dumps({"prompt": "x", "model": "m"}).encode()
     spelled = json.dumps({"prompt": "x", "model": "m", "n": 1, "quality": "auto", "user": None}).encode()
@@ -597,3 +597,18 @@ async def test_a_job_that_keeps_taking_the_server_down_is_failed_not_run_forever
         assert "started 3 times" in failed["error"]["message"]
         assert (await wait_status(client, "waiting", "completed"))["status"] == "completed"
     assert store.get("waiting").attempts == 1  # type: ignore[union-attr]
+
+
+async def test_a_synchronous_answer_is_kept_for_retries_and_a_result_for_its_links(tmp_path: Path) -> None:
+    """Before, every idempotent answer was kept for the url TTL (about 12 GB an hour for one busy client
+    at n=4, 1024x1024); a synchronous answer is now kept for idempotency_ttl_seconds."""
+    engine = GateEngine()
+    engine.open()
+    settings = Settings(data_dir=tmp_path, url_ttl_seconds=3600, idempotency_ttl_seconds=120)
+    async with app_client(settings, engines={"m": engine}) as client:
+        await client.post(GENERATIONS, json=body(1), headers={"idempotency-key": "sync-1"})
+        accepted = (await client.post(GENERATIONS, json=body(2), headers=ASYNC)).json()
+        await wait_status(client, accepted["id"], "completed")
+        store = client.app.state.jobs.store  # type: ignore[attr-defined]
+        kept = {r.mode: r.expires_at - int(time.time()) for r in store.of_owner("-")}
+    assert 100 <= kept["sync"] <= 120 and 3500 <= kept["async"] <= 3600, kept

@@ -94,3 +94,47 @@ def test_stores_are_separate_implementations_of_one_protocol() -> None:
 
     for implementation in (SqliteJobStore, PostgresJobStore):
         assert implementation.__mro__[1] is JobStore  # neither backend subclasses the other
+
+
+def test_kept_synchronous_answers_are_bounded_per_owner(store: JobStore) -> None:
+    answer = {"response": {"data": [{"b64_json": "A" * 10_000}]}}
+    for i in range(5):
+        store.insert(record(f"s{i}", mode="sync", key=f"k{i}"))
+        store.end(f"s{i}", "completed", ttl=3600, result=answer, status_code=200)
+    store.insert(record("other", owner="key_b", mode="sync", key="k0"))
+    store.end("other", "completed", ttl=3600, result=answer, status_code=200)
+    store.insert(record("async-1"))
+    store.end("async-1", "completed", ttl=3600, result=answer, status_code=200)
+    # Room for two answers: the three oldest of key_a's go; key_b's and the asynchronous result stay.
+    assert store.sweep(max_bytes_per_owner=25_000) == 3
+    left = {r.id for r in store.of_owner("key_a", limit=50)} | {r.id for r in store.of_owner("key_b")}
+    assert left == {"s3", "s4", "other", "async-1"}
+
+
+def test_sqlite_gives_the_space_of_expired_jobs_back(tmp_path: Path) -> None:
+    """Before: the file never shrank (430 MB after six large jobs ended). Incremental auto-vacuum and a
+    truncated WAL give the pages back at each sweep."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    big = {"response": {"data": [{"b64_json": "A" * 2_000_000}]}}
+    for i in range(6):
+        store.insert(record(f"j{i}"))
+        store.end(f"j{i}", "completed", ttl=1, result=big, status_code=200)
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob("jobs.sqlite3*"))
+
+    full = size()
+    assert full > 10_000_000
+    assert store.sweep(now=time.time() + 10) == 6
+    assert size() < full / 10, (full, size())
+
+
+def test_an_older_sqlite_file_is_converted_to_incremental_vacuum(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:  # a file as limner made it before: auto_vacuum NONE
+        db.execute("CREATE TABLE t (x)")
+    SqliteJobStore(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL

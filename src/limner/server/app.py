@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI
 from limner import __version__
 from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
+from limner.errors import LimnerError
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Residency, Scheduler
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
@@ -35,18 +36,23 @@ from limner.stores.secret import load_secret
 log = logging.getLogger("limner.server")
 
 
-async def _sweep_forever(store: ImageStore, jobs: JobStore, interval: float) -> None:
+async def _sweep_forever(store: ImageStore, jobs: JobStore, settings: Settings) -> None:
+    interval = settings.sweep_interval_seconds
     failing: str | None = None  # what the last failed pass said: said once, not every pass
     while True:
         try:
             removed = await asyncio.to_thread(store.sweep)
             if removed:
                 log.info("swept %d expired image(s)", removed)
-            ended = await asyncio.to_thread(jobs.sweep)
+            ended = await asyncio.to_thread(jobs.sweep, max_bytes_per_owner=settings.max_kept_bytes_per_key)
             if ended:
                 log.info("swept %d expired job(s)", ended)
             failing = None
-        except (OSError, sqlite3.Error) as exc:  # a read-only or full data dir: one line, until it changes
+        except (
+            OSError,
+            sqlite3.Error,
+            LimnerError,
+        ) as exc:  # a read-only or full data dir: one line, until it changes
             if str(exc) != failing:
                 log.warning("sweeping expired images and jobs failed: %s", exc)
             failing = str(exc)
@@ -126,7 +132,7 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
             log.info("%s", line)
         for warning in banner.startup_warnings(settings, startup_hashes):
             log.warning("%s", warning)
-        sweeper = asyncio.create_task(_sweep_forever(store, job_store, settings.sweep_interval_seconds))
+        sweeper = asyncio.create_task(_sweep_forever(store, job_store, settings))
         try:
             yield
         finally:

@@ -164,6 +164,11 @@ class Settings(BaseModel):
     #: How long a replica's claim on a job holds without renewal (renewed three times within it):
     #: replicas sharing `jobs_url` take over the jobs of one that stopped after this long.
     job_lease_seconds: float = Field(default=30.0, ge=1.0)
+    #: How long a synchronous request's answer is kept for a retry with its Idempotency-Key (retries come
+    #: within minutes; an asynchronous job's result is kept for url_ttl_seconds, since it is fetched later).
+    idempotency_ttl_seconds: int = Field(default=600, ge=1)
+    #: The most bytes of kept synchronous answers per API key (the oldest go first, at each sweep).
+    max_kept_bytes_per_key: int = Field(default=1024**3, ge=0)
     #: Per API key (or client address without keys): waiting jobs, and jobs running at once.
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None

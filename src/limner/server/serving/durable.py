@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import secrets
 import time
@@ -34,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner import rules
 from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server.errors import server_error
 from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
+from limner.server.serving.fingerprints import Fingerprint, fingerprint
 from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
 from limner.server.serving.run import Run
 from limner.server.serving.runners import RunnerLock
@@ -64,54 +62,6 @@ INLINE_FINGERPRINT_BYTES = 64 * 1024
 def owner_of(request: Request) -> str:
     """Who a job belongs to: the API key's id, or "-" on a server without keys."""
     return str(getattr(request.state, "key_id", None) or "-")
-
-
-#: Fields whose spec default, sent explicitly, means the same as the field absent
-#: (docs/images-contract.md, section 10): such a request is the same request. Not response_format:
-#: limner honours it for every model, so "url" sent is not "url" implied.
-NO_OP_DEFAULTS = {k: v for k, v in rules.SPEC_DEFAULTS.items() if k != "response_format"}
-
-
-def _no_op(name: str, value: object) -> bool:
-    if name not in NO_OP_DEFAULTS or value is None:
-        return value is None  # an explicit null means the default too
-    default = NO_OP_DEFAULTS[name]
-    return value == default or (isinstance(value, str) and value.strip().lower() == str(default).lower())
-
-
-def fingerprint(route: str, content_type: str, body: bytes) -> str:
-    """What makes two requests "the same": the route, then JSON by its parsed value and multipart by
-    its parts (the boundary changes on every retry of most clients), each without the fields sent with
-    a value that means the default; anything else by its bytes."""
-    kind = content_type.split(";")[0].strip().lower()
-    digest = hashlib.sha256(route.encode() + b"\0" + kind.encode() + b"\0")
-    if kind == "application/json":
-        try:
-            parsed = json.loads(body)
-            if isinstance(parsed, dict):
-                parsed = {k: v for k, v in parsed.items() if not _no_op(k, v)}
-            digest.update(json.dumps(parsed, sort_keys=True).encode())
-            return digest.hexdigest()
-        except (ValueError, RecursionError):
-            pass
-    elif kind == "multipart/form-data":
-        from email.parser import BytesParser
-        from email.policy import HTTP
-
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-        )
-        if message.is_multipart():
-            for part in message.iter_parts():
-                name = str(part.get_param("name", header="content-disposition"))
-                payload = part.get_payload(decode=True)
-                data = payload if isinstance(payload, bytes) else b""
-                if part.get_filename() is None and _no_op(name, data.decode("utf-8", "replace")):
-                    continue
-                digest.update(name.encode() + b"\0" + data + b"\0")
-            return digest.hexdigest()
-    digest.update(body)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -214,12 +164,8 @@ class JobManager:
                 f"The {IDEMPOTENCY_HEADER} header must be 1 to 255 printable characters.",
                 param=IDEMPOTENCY_HEADER,
             )
-        body = await request.body()
         content_type = request.headers.get("content-type", "")
-        if len(body) < INLINE_FINGERPRINT_BYTES:  # microseconds: not worth a thread hop
-            digest = fingerprint(request.url.path, content_type, body)
-        else:
-            digest = await asyncio.to_thread(fingerprint, request.url.path, content_type, body)
+        body, digest = await _read_fingerprinted(request, content_type)
         owner = owner_of(request)
         claim = self._claims.take(owner, key)
         try:
@@ -406,7 +352,12 @@ class JobManager:
         after a server error (5xx: storage, a database or an engine down for a while) the key is
         released, so a retry with it runs the request again, as Stripe's idempotency does; the failed
         job stays readable."""
-        ttl = self.app.state.settings.url_ttl_seconds
+        settings = self.app.state.settings
+        # An asynchronous job's result is fetched later: kept as long as its links. A synchronous answer
+        # is kept only for a retry with its key, which comes within minutes (the disk it costs: README).
+        ttl = settings.url_ttl_seconds
+        if record.mode == "sync":
+            ttl = min(ttl, settings.idempotency_ttl_seconds)
         await asyncio.to_thread(
             self.store.end,
             record.id,
@@ -609,6 +560,21 @@ class JobManager:
         if live is None or live.run.ticket is None or live.record.status != "queued":
             return None
         return self.scheduler.position(live.run.ticket)
+
+
+async def _read_fingerprinted(request: Request, content_type: str) -> tuple[bytes, str]:
+    """The body, hashed while it arrives (the body limit still applies: this reads through it)."""
+    print_ = Fingerprint(request.url.path, content_type)
+    chunks = []
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        print_.feed(chunk)
+    body = b"".join(chunks)
+    # Starlette's own cache of a read body: the route's parsing (form or JSON) reads it from there.
+    request._body = body
+    if len(body) < INLINE_FINGERPRINT_BYTES or print_.kind == "multipart/form-data":
+        return body, print_.hexdigest(body)  # microseconds (multipart was hashed as it came)
+    return body, await asyncio.to_thread(print_.hexdigest, body)  # a large JSON body is parsed
 
 
 def replayed_request(app: FastAPI, record: JobRecord) -> Request:

@@ -304,11 +304,42 @@ class JobStore(abc.ABC):
     def delete(self, job_id: str) -> None:
         self._run(f"DELETE FROM limner_jobs WHERE id = {self.PLACEHOLDER}", (job_id,))
 
-    def sweep(self, now: float | None = None) -> int:
-        """Delete jobs whose answer has expired; return how many."""
+    def sweep(self, now: float | None = None, *, max_bytes_per_owner: int | None = None) -> int:
+        """Delete jobs whose answer has expired, and an owner's oldest kept synchronous answers beyond
+        `max_bytes_per_owner`; give the space back; return how many were deleted."""
         cutoff = int(now if now is not None else time.time())
         p = self.PLACEHOLDER
         cur = self._run(
             f"DELETE FROM limner_jobs WHERE expires_at IS NOT NULL AND expires_at < {p}", (cutoff,)
         )
-        return int(cur.rowcount)
+        deleted = int(cur.rowcount)
+        if max_bytes_per_owner is not None:
+            deleted += self._bound_owners(max_bytes_per_owner)
+        if deleted:
+            self._reclaim()
+        return deleted
+
+    def _bound_owners(self, limit: int) -> int:
+        p = self.PLACEHOLDER
+        kept = "mode = 'sync' AND result IS NOT NULL"
+        over = self._rows(
+            f"SELECT owner FROM limner_jobs WHERE {kept} GROUP BY owner HAVING SUM(LENGTH(result)) > {p}",
+            (limit,),
+        )
+        deleted = 0
+        for (owner,) in over:
+            rows = self._rows(
+                f"SELECT id, LENGTH(result) FROM limner_jobs WHERE owner = {p} AND {kept} ORDER BY created_ns DESC",
+                (owner,),
+            )
+            total = 0
+            for job_id, size in rows:
+                total += int(size)
+                if total > limit:
+                    self.delete(job_id)
+                    deleted += 1
+        return deleted
+
+    @abc.abstractmethod
+    def _reclaim(self) -> None:
+        """Give the space of deleted rows back to the disk."""

@@ -71,6 +71,9 @@ class PostgresJobStore(JobStore):
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
             ) from None
 
+    def _reclaim(self) -> None:
+        """Nothing: PostgreSQL's autovacuum reuses the space of deleted rows."""
+
     def _is_key_taken(self, exc: Exception) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)
 

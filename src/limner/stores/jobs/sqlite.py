@@ -68,6 +68,7 @@ class SqliteJobStore(JobStore):
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._vacuum_incrementally()
         with self._connect() as db:
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(limner_jobs)")}
@@ -75,6 +76,24 @@ class SqliteJobStore(JobStore):
                 if column not in columns:
                     db.execute(f"ALTER TABLE limner_jobs ADD COLUMN {column} {kind}")
         private(path)
+
+    def _vacuum_incrementally(self) -> None:
+        """Deleted jobs give their pages back to the disk (`_reclaim`) only in incremental auto-vacuum
+        mode, which a new file takes before its first table, and an older one with one VACUUM."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    db.execute("VACUUM")  # once, for a file made before: rewrites it in the new mode
+        finally:
+            db.close()
+
+    def _reclaim(self) -> None:
+        with self._connect() as db:
+            # executescript steps the pragma to its end (execute frees one page per step), then the
+            # checkpoint, outside any transaction, moves the freed file's end back and empties the WAL.
+            db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
 
     def _is_key_taken(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
