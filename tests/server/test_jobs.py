@@ -612,3 +612,25 @@ async def test_a_synchronous_answer_is_kept_for_retries_and_a_result_for_its_lin
         store = client.app.state.jobs.store  # type: ignore[attr-defined]
         kept = {r.mode: r.expires_at - int(time.time()) for r in store.of_owner("-")}
     assert 100 <= kept["sync"] <= 120 and 3500 <= kept["async"] <= 3600, kept
+
+
+async def test_paging_by_cursor_sees_every_job_made_in_one_second(tmp_path: Path) -> None:
+    """Before: paging by `before` (whole seconds) showed 10 of 25 jobs made in one second."""
+    engine = GateEngine()
+    engine.open()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        made = [
+            (await client.post(GENERATIONS, json=body(i), headers={"idempotency-key": f"p{i}"})).status_code
+            for i in range(25)
+        ]
+        assert made == [200] * 25
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            query = f"?limit=10&after={after}" if after else "?limit=10"
+            page = ImageJobList.model_validate((await client.get("/v1/images/jobs" + query)).json())
+            seen += [j.id for j in page.data]
+            if not page.has_more:
+                break
+            after = page.last_id
+    assert len(seen) == len(set(seen)) == 25

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx2
 
@@ -52,9 +53,10 @@ def _ended(job: ImageJob) -> ImageJob:
     return job
 
 
-def _listing(limit: int, before: int | None, mode: str | None) -> Call:
+def _listing(limit: int, before: int | None, mode: str | None, after: str | None = None) -> Call:
     query = f"?limit={limit}" + (f"&before={before}" if before is not None else "")
     query += f"&mode={mode}" if mode is not None else ""
+    query += f"&after={quote(after)}" if after is not None else ""
     return Call("GET", "/images/jobs" + query)
 
 
@@ -111,11 +113,17 @@ class JobsApi:
         return self._send_job(Call("DELETE", f"/images/jobs/{job_id}"))
 
     def list(
-        self, *, limit: int = 20, before: int | None = None, mode: Literal["async", "sync"] | None = None
+        self,
+        *,
+        limit: int = 20,
+        before: int | None = None,
+        mode: Literal["async", "sync"] | None = None,
+        after: str | None = None,
     ) -> ImageJobList:
         """Your jobs, newest first; `mode="async"` keeps only asynchronous ones (as `limner jobs list`
-        does: the client keeps every call behind an Idempotency-Key, and those are jobs too)."""
-        response, _ = self.api_client.send(_listing(limit, before, mode))
+        does: the client keeps every call behind an Idempotency-Key, and those are jobs too); `after`,
+        the previous page's `last_id`, for the next page."""
+        response, _ = self.api_client.send(_listing(limit, before, mode, after))
         return _jobs(response)
 
     def wait(self, job_id: str, *, interval: float = 0.5, timeout: float | None = None) -> ImageJob:
@@ -182,9 +190,14 @@ class AsyncJobsApi:
         return await self._send_job(Call("DELETE", f"/images/jobs/{job_id}"))
 
     async def list(
-        self, *, limit: int = 20, before: int | None = None, mode: Literal["async", "sync"] | None = None
+        self,
+        *,
+        limit: int = 20,
+        before: int | None = None,
+        mode: Literal["async", "sync"] | None = None,
+        after: str | None = None,
     ) -> ImageJobList:
-        response, _ = await self.api_client.send(_listing(limit, before, mode))
+        response, _ = await self.api_client.send(_listing(limit, before, mode, after))
         return _jobs(response)
 
     async def wait(self, job_id: str, *, interval: float = 0.5, timeout: float | None = None) -> ImageJob:

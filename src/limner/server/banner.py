@@ -79,8 +79,9 @@ def startup_warnings(settings: Settings, hashes: Mapping[str, str] | None) -> li
     warnings = []
     if hashes is None and not is_loopback(settings.host):
         warnings.append(
-            f"listening on {settings.host} with no API key: anyone who can reach this port can use it. "
-            "Create one with `limner keys create`."
+            f"listening on {settings.host} with no API key: anyone who can reach this port can use it, and "
+            "every client shares one owner, so anyone can list, read and cancel everyone's jobs "
+            "(/v1/images/jobs). Create a key with `limner keys create`."
         )
     images = settings.data_dir / "images"
     if not _writable(images):

@@ -43,4 +43,7 @@ class ImageJob(ResponseModel):
 class ImageJobList(ResponseModel):
     object: Literal["list"] = "list"
     data: list[ImageJob]
+    first_id: str | None = None
+    #: The cursor for the next page: `jobs.list(after=page.last_id)`.
+    last_id: str | None = None
     has_more: bool = False

@@ -15,6 +15,11 @@ router = APIRouter(tags=["Jobs"])
 async def list_jobs(
     request: Request,
     limit: int = Query(20, ge=1, le=100),
+    after: str | None = Query(
+        None,
+        max_length=64,
+        description="a cursor: the last_id of the previous page; the page continues behind that job",
+    ),
     before: int | None = Query(
         None, ge=0, le=2**63 - 1, description="only jobs created before this unix time"
     ),
@@ -24,7 +29,7 @@ async def list_jobs(
         "their Idempotency-Key; both when absent",
     ),
 ) -> JSONResponse:
-    response: JSONResponse = await request.app.state.jobs_api.listing(request, limit, before, mode)
+    response: JSONResponse = await request.app.state.jobs_api.listing(request, limit, before, mode, after)
     return response
 
 

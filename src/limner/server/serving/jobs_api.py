@@ -66,10 +66,20 @@ class JobsApi:
         return JSONResponse(job_object(record, None))
 
     async def listing(
-        self, request: Request, limit: int, before: int | None, mode: str | None = None
+        self,
+        request: Request,
+        limit: int,
+        before: int | None,
+        mode: str | None = None,
+        after: str | None = None,
     ) -> JSONResponse:
         records = await asyncio.to_thread(
-            self.manager.store.of_owner, owner_of(request), limit=limit + 1, before=before, mode=mode
+            self.manager.store.of_owner,
+            owner_of(request),
+            limit=limit + 1,
+            before=before,
+            mode=mode,
+            after=after,
         )
         data = [
             job_object(
@@ -78,7 +88,15 @@ class JobsApi:
             )
             for r in records[:limit]
         ]
-        return JSONResponse({"object": "list", "data": data, "has_more": len(records) > limit})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,  # the next page's `after`
+                "has_more": len(records) > limit,
+            }
+        )
 
     async def events(self, request: Request, job_id: str) -> StreamingResponse:
         record, live = await self.find(request, job_id)

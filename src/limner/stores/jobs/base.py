@@ -216,9 +216,17 @@ class JobStore(abc.ABC):
         return next(self._records(f"owner = {p} AND idempotency_key = {p}", (owner, key)), None)
 
     def of_owner(
-        self, owner: str, *, limit: int = 20, before: int | None = None, mode: str | None = None
+        self,
+        owner: str,
+        *,
+        limit: int = 20,
+        before: int | None = None,
+        mode: str | None = None,
+        after: str | None = None,
     ) -> list[JobRecord]:
-        """The owner's jobs, newest first; `mode` "async" or "sync" keeps only those."""
+        """The owner's jobs, newest first; `mode` "async" or "sync" keeps only those; `after`, a job id
+        (the last of the previous page), continues behind it: no job is skipped, however many were
+        made in one second (jobs are ordered by their creation in nanoseconds, then id)."""
         p = self.PLACEHOLDER
         where, args = [f"owner = {p}"], list[Any]([owner])
         if mode is not None:
@@ -227,7 +235,17 @@ class JobStore(abc.ABC):
         if before is not None:
             where.append(f"created_at < {p}")
             args.append(before)
-        return list(self._records(" AND ".join(where), [*args, limit], f"ORDER BY created_ns DESC LIMIT {p}"))
+        if after is not None:
+            cursor = self._rows(
+                f"SELECT created_ns FROM limner_jobs WHERE id = {p} AND owner = {p}", (after, owner)
+            )
+            if not cursor:
+                return []  # a job that expired, or another owner's: nothing behind it is known
+            where.append(f"(created_ns < {p} OR (created_ns = {p} AND id < {p}))")
+            args += [cursor[0][0], cursor[0][0], after]
+        return list(
+            self._records(" AND ".join(where), [*args, limit], f"ORDER BY created_ns DESC, id DESC LIMIT {p}")
+        )
 
     def active(self) -> list[JobRecord]:
         """Jobs that were queued or running: what a restart must run again, oldest first."""
