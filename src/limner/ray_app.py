@@ -17,6 +17,7 @@ Ray is imported only here, and only by `limner serve --ray` (the `[ray]` extra).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,12 +35,47 @@ PROXY_CALLBACK = "limner.ray_app:proxy_middlewares"
 
 
 def proxy_middlewares() -> list[Any]:
-    """The proxy's middlewares: limner's `req_` request ids instead of Ray's UUIDs."""
+    """The proxy's middlewares: limner's `req_` request ids instead of Ray's UUIDs. Called in the proxy's
+    process before it builds its HTTP server, which is also the one moment to bound that server's
+    request heads (bound_proxy_headers)."""
     from starlette.middleware import Middleware
 
     from limner.server.middleware import ProxyRequestId
 
+    bound_proxy_headers()
     return [Middleware(ProxyRequestId)]
+
+
+def bound_proxy_headers() -> None:
+    """Ray Serve's proxy builds `uvicorn.Config(...)` itself with the default `http="auto"` (httptools
+    when installed, which reads headers of any size: a 10 MB header was answered 200) and no option for
+    a bound. Its one seam into that process is the callback above; there, "auto" is pointed at h11 with
+    the bound `limner serve` uses (MAX_HEADER_BYTES), for the server Ray builds next."""
+    from uvicorn import config
+
+    config.HTTP_PROTOCOLS["auto"] = "limner.ray_app:BoundedH11Protocol"
+
+
+@functools.cache
+def _bounded_h11() -> type:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from limner.server.settings import MAX_HEADER_BYTES
+
+    class BoundedH11(H11Protocol):
+        def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+            config.h11_max_incomplete_event_size = MAX_HEADER_BYTES
+            super().__init__(config, *args, **kwargs)
+
+    return BoundedH11
+
+
+def __getattr__(name: str) -> Any:
+    # uvicorn imports the protocol class by name; built on first use so that importing limner.ray_app
+    # (the CLI does) does not import uvicorn's h11 protocol.
+    if name == "BoundedH11Protocol":
+        return _bounded_h11()
+    raise AttributeError(name)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`limner serve --ray` as an operator sees it: limner's start-up block once the application answers,
-none of Ray's INFO lines, one request id in limner's form, and SIGTERM as a clean stop (exit 0, no
+none of Ray's INFO lines, one request id in limner's form, request heads bounded, and SIGTERM as a clean stop (exit 0, no
 stack dump, nothing of Ray left running). Its own Ray instance, after test_ray.py's has stopped."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.server.test_hostile_input import assert_big_heads_refused
 from tests.support.server import start_server
 
 
@@ -27,6 +28,8 @@ def test_ray_serve_says_ready_keeps_request_ids_and_stops_cleanly(tmp_path: Path
             assert response.status_code == 200
             assert response.headers.get_list("x-request-id") == [response.headers["x-request-id"]]
             assert response.headers["x-request-id"].startswith("req_")
+            # Ray's proxy bounds request heads as `limner serve` does (before: a 10 MB header got 200).
+            assert_big_heads_refused(server.base_url, "/v1/models")
             port = server.base_url.rsplit(":", 1)[1]
             deadline = time.monotonic() + 60
             while "house" not in server.log():  # the block is logged once serve.run has returned

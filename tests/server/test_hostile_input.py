@@ -228,22 +228,27 @@ async def test_private_files_security_headers_and_metrics_behind_keys(tmp_path: 
 def test_request_heads_are_bounded_whatever_http_parser_is_installed(tmp_path: Path) -> None:
     """httptools (installed with the test and ray extras) reads headers of any size; limner serve runs
     h11 with a 64 KiB bound: a 10 MB header is refused and the server keeps serving."""
-    import socket
-
     from tests.support.server import start_server
 
     with start_server(tmp_path / "data") as server:
-        host, port = "127.0.0.1", int(server.base_url.rsplit(":", 1)[1])
-        with socket.create_connection((host, port), timeout=60) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
-            try:
-                for _ in range(160):  # 10 MB, 64 KiB at a time, until the server gives up on us
-                    sock.sendall(b"a" * 65536)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            try:
-                answer = sock.recv(200)
-            except ConnectionResetError:
-                answer = b""
-        assert not answer.startswith(b"HTTP/1.1 200")
-        assert httpx2.get(server.base_url + "/health", timeout=30).status_code == 200
+        assert_big_heads_refused(server.base_url, "/health")
+
+
+def assert_big_heads_refused(base_url: str, path: str) -> None:
+    """A 10 MB header is refused (never answered 200), and the server answers the next request."""
+    import socket
+
+    host, port = "127.0.0.1", int(base_url.rsplit(":", 1)[1])
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode())
+        try:
+            for _ in range(160):  # 10 MB, 64 KiB at a time, until the server gives up on us
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = sock.recv(200)
+        except ConnectionResetError:
+            answer = b""
+    assert not answer.startswith(b"HTTP/1.1 200")
+    assert httpx2.get(base_url + path, timeout=30).status_code == 200

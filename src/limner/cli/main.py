@@ -138,7 +138,7 @@ def serve(
     from limner.errors import EngineUnavailable
     from limner.server import logs
     from limner.server.app import create_app
-    from limner.server.settings import Settings
+    from limner.server.settings import MAX_HEADER_BYTES, Settings
     from limner.stores.keys import KeyDatabaseError
     from limner.stores.secret import SecretError
 
@@ -206,9 +206,6 @@ def serve(
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
 
-
-#: The most a request's head (request line and headers) may hold; browsers and SDKs send a few KiB.
-MAX_HEADER_BYTES = 64 * 1024
 
 KeysUrl = Annotated[
     str | None,

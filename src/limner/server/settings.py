@@ -48,6 +48,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from limner import rules
 
+#: The most a request's head (request line and headers) may hold, for `limner serve` and Ray's proxy
+#: alike; browsers and SDKs send a few KiB.
+MAX_HEADER_BYTES = 64 * 1024
+
 
 class ModelConfig(BaseModel):
     """One served model name: which engine draws it, and that engine's options."""
