@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx2
@@ -147,3 +148,20 @@ async def test_the_server_on_s3_serves_links_from_the_bucket(s3_endpoint: str, t
         served = await two.get(link.removeprefix("http://testserver"))
     assert served.status_code == 200
     assert Image.open(io.BytesIO(served.content)).size == (256, 256)
+
+
+@pytest.mark.parametrize(("style", "host"), [("path", "localhost"), ("virtual", "styled.localhost")])
+def test_the_addressing_style_is_honoured(style: str, host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MinIO behind a host name (compose's http://minio:9000) has no per-bucket subdomains: "path"."""
+    pytest.importorskip("boto3", reason="pip install -e '.[s3]'")
+    from limner.server.settings import StorageConfig
+    from limner.stores.images import open_image_store
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    config = StorageConfig(
+        kind="s3", bucket="styled", endpoint_url="http://localhost:9", addressing_style=style
+    )
+    store: Any = open_image_store(config, Path("unused"), SECRET, 60)
+    signed = store.client.generate_presigned_url("get_object", Params={"Bucket": "styled", "Key": "k"})
+    assert urlparse(signed).hostname == host

@@ -68,7 +68,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port.  [default: 8000]", show_default=False)] = None,
     data_dir: DataDir = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="A TOML config file.", exists=True, dir_okay=False)
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="LIMNER_CONFIG",
+            help="A TOML config file ($LIMNER_CONFIG: a container's mounted one).",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     public_url: Annotated[
         str | None, typer.Option("--public-url", help="Base of the links in url responses.")

@@ -94,6 +94,9 @@ class StorageConfig(BaseModel):
     region: str | None = None
     #: Answer with presigned S3 URLs (expiring with the link) instead of limner's own links.
     presign: bool = False
+    #: "path" for stores reached by a host name that has no per-bucket subdomains (MinIO in compose:
+    #: http://minio:9000/bucket/key); "virtual" or "auto" (botocore's choice) otherwise.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
 
 class Defaults(BaseModel):

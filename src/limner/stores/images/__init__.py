@@ -21,6 +21,7 @@ def open_image_store(config: Any, data_dir: Path, secret: bytes, ttl_seconds: in
             endpoint_url=config.endpoint_url,
             region=config.region,
             presign=config.presign,
+            addressing_style=config.addressing_style,
             secret=secret,
             ttl_seconds=ttl_seconds,
         )

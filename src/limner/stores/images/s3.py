@@ -33,6 +33,7 @@ class S3ImageStore(ImageStore):
         endpoint_url: str | None = None,
         region: str | None = None,
         presign: bool = False,
+        addressing_style: str = "auto",
         client: Any = None,
     ) -> None:
         super().__init__(secret, ttl_seconds)
@@ -48,7 +49,10 @@ class S3ImageStore(ImageStore):
             # Credentials come from the usual AWS environment (variables, profile, instance role).
             # Short timeouts and few retries: a frozen store fails a request in seconds, not minutes.
             config = Config(
-                connect_timeout=3, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"}
+                connect_timeout=3,
+                read_timeout=15,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": addressing_style},
             )
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.client = client
