@@ -18,6 +18,7 @@ Ray is imported only here, and only by `limner serve --ray` (the `[ray]` extra).
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 import logging
 import os
 import signal
@@ -221,9 +222,11 @@ def _patient_proxy_start() -> None:
 
 def build_app(args: dict[str, Any]) -> Any:
     """The application builder for `serve run` / `serve deploy` (see deploy/serve.yaml): `args` holds
-    `config` (a limner TOML file) and any RayOptions field (replicas, gpus_per_replica, ...)."""
-    config = args.get("config")
-    settings = Settings.load(config) if config else Settings()
+    `config` (a limner TOML file), `data_dir` (`~` expanded; else LIMNER_DATA_DIR or the default) and
+    any RayOptions field (replicas, gpus_per_replica, ...)."""
+    config, data_dir = args.get("config"), args.get("data_dir")
+    overrides = {"data_dir": Path(str(data_dir)).expanduser()} if data_dir else {}
+    settings = Settings.load(Path(config) if config else None, **overrides)
     known = set(RayOptions.__dataclass_fields__) - {"address"}
     options = RayOptions(**{k: v for k, v in args.items() if k in known})
     return application(settings, options)

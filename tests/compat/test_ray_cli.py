@@ -4,6 +4,7 @@ stack dump, nothing of Ray left running). Its own Ray instance, after test_ray.p
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -46,3 +47,60 @@ def test_ray_serve_says_ready_keeps_request_ids_and_stops_cleanly(tmp_path: Path
         assert noise not in log
     assert "SIGTERM received" not in log and "Traceback" not in log
     assert log.rstrip().endswith("limner serve: stopped")
+
+
+def test_serve_local_yaml_runs_as_written(tmp_path: Path) -> None:
+    """deploy/serve.local.yaml with Ray's own `serve run`, its port and data dir moved into the test's
+    (the only changes): limner answers on 127.0.0.1, and Ctrl-C stops it."""
+    pytest.importorskip("ray.serve", reason="pip install -e '.[ray]'")
+    import socket
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "serve.local.yaml").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"]["data_dir"] = str(tmp_path / "data")
+    local = tmp_path / "serve.local.yaml"
+    local.write_text(yaml.safe_dump(spec))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "limner.ray_app:proxy_middlewares"}
+    env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen(
+        [str(bin_dir / "serve"), "run", str(local)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx2.get(base + "/health", timeout=10).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "serve run did not come up"
+            time.sleep(0.5)
+        made = httpx2.post(
+            base + "/v1/images/generations",
+            json={
+                "model": "dall-e-2",
+                "prompt": "a lighthouse",
+                "size": "256x256",
+                "response_format": "b64_json",
+            },
+            timeout=120,
+        )
+        assert made.status_code == 200 and made.json()["data"][0]["b64_json"]
+        assert made.headers["x-request-id"].startswith("req_")  # the callback reached Ray's proxy
+        assert (tmp_path / "data").is_dir()
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.wait(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], capture_output=True)
