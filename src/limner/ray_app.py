@@ -18,12 +18,12 @@ Ray is imported only here, and only by `limner serve --ray` (the `[ray]` extra).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 import logging
 import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from limner.server.settings import Settings
