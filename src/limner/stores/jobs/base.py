@@ -12,6 +12,7 @@ backend owns its connections and its schema (sqlite.py, postgres.py).
 from __future__ import annotations
 
 import abc
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -75,19 +76,53 @@ class KeyTaken(Exception):
 COLUMNS = (
     "id, owner, idempotency_key, fingerprint, mode, operation, route, model, status, created_at, "
     "updated_at, expires_at, content_type, body, base_url, callback_url, stream, result, error, status_code, "
-    "attempts, runner, lease_until, cancel_requested"
+    "attempts, runner, lease_until, cancel_requested, result_images"
 )
 ACTIVE = "status IN ('queued', 'in_progress')"
 
 
+def pack(result: Any) -> tuple[Any, bytes | None]:
+    """A result to store: each image's base64 (`b64_json`) moved out of the JSON into one binary value
+    of the raw bytes, a quarter smaller than the base64 and not escaped by the JSON encoder."""
+    data = result.get("response", {}).get("data") if isinstance(result, dict) else None
+    if not isinstance(data, list) or not any(isinstance(i, dict) and "b64_json" in i for i in data):
+        return result, None
+    images, packed = bytearray(), []
+    for item in data:
+        if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
+            raw = base64.b64decode(item["b64_json"])
+            item = {**item, "b64_json": {"$image": [len(images), len(raw)]}}
+            images += raw
+        packed.append(item)
+    return {**result, "response": {**result["response"], "data": packed}}, bytes(images)
+
+
+def unpack(result: Any, images: bytes | None) -> Any:
+    """The stored result with each image's base64 back in place."""
+    if images is None:
+        return result
+    data = []
+    for item in result["response"]["data"]:
+        ref = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(ref, dict) and "$image" in ref:
+            start, size = ref["$image"]
+            item = {**item, "b64_json": base64.b64encode(images[start : start + size]).decode()}
+        data.append(item)
+    return {**result, "response": {**result["response"], "data": data}}
+
+
 def _record(row: tuple[Any, ...]) -> JobRecord:
     values = list(row)
+    images = values.pop()
+    if isinstance(images, memoryview):
+        images = bytes(images)
     if isinstance(values[13], memoryview):  # a driver's view of a binary column
         values[13] = bytes(values[13])
     values[16] = bool(values[16])
     values[17] = json.loads(values[17]) if values[17] is not None else None
     values[18] = json.loads(values[18]) if values[18] is not None else None
     values[23] = bool(values[23])
+    values[17] = unpack(values[17], images)
     return JobRecord(*values)
 
 
@@ -191,6 +226,7 @@ class JobStore(abc.ABC):
             job.runner,
             job.lease_until,
             int(job.cancel_requested),
+            None,
             time.time_ns(),
         )
         try:
@@ -308,11 +344,14 @@ class JobStore(abc.ABC):
         error: Any = None,
         status_code: int | None = None,
     ) -> None:
-        """The job ended: keep its answer for `ttl` seconds; its inputs are no longer needed."""
+        """The job ended: keep its answer for `ttl` seconds (its images as raw bytes: `pack`); its inputs
+        are no longer needed."""
+        result, images = pack(result)
         self.update(
             job_id,
             status=status,
             result=result,
+            result_images=images,
             error=error,
             status_code=status_code,
             expires_at=int(time.time()) + ttl,
@@ -340,14 +379,15 @@ class JobStore(abc.ABC):
     def _bound_owners(self, limit: int) -> int:
         p = self.PLACEHOLDER
         kept = "mode = 'sync' AND result IS NOT NULL"
+        size = "LENGTH(result) + COALESCE(LENGTH(result_images), 0)"
         over = self._rows(
-            f"SELECT owner FROM limner_jobs WHERE {kept} GROUP BY owner HAVING SUM(LENGTH(result)) > {p}",
+            f"SELECT owner FROM limner_jobs WHERE {kept} GROUP BY owner HAVING SUM({size}) > {p}",
             (limit,),
         )
         deleted = 0
         for (owner,) in over:
             rows = self._rows(
-                f"SELECT id, LENGTH(result) FROM limner_jobs WHERE owner = {p} AND {kept} ORDER BY created_ns DESC",
+                f"SELECT id, {size} FROM limner_jobs WHERE owner = {p} AND {kept} ORDER BY created_ns DESC",
                 (owner,),
             )
             total = 0

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     runner TEXT,
     lease_until BIGINT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result_images BYTEA,
     created_ns BIGINT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
@@ -51,6 +52,7 @@ ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAU
 ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS runner TEXT;
 ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS lease_until BIGINT;
 ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS cancel_requested INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE limner_jobs ADD COLUMN IF NOT EXISTS result_images BYTEA;
 """
 
 

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS limner_jobs (
     runner TEXT,                       -- the replica that runs it, while its lease holds
     lease_until INTEGER,               -- epoch ms
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result_images BLOB,                -- the result's images, raw (the JSON holds where each lies)
     created_ns INTEGER NOT NULL        -- orders jobs made within one second
 );
 CREATE UNIQUE INDEX IF NOT EXISTS limner_jobs_idempotency ON limner_jobs (owner, idempotency_key)
@@ -57,6 +58,7 @@ ADDED_COLUMNS = (
     ("runner", "TEXT"),
     ("lease_until", "INTEGER"),
     ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+    ("result_images", "BLOB"),
 )
 
 
