@@ -18,11 +18,10 @@ import httpx2
 import openai
 import pytest
 
-from tests.support.container import Podman
+from tests.support.container import TAG, Podman
 from tests.support.images import gradient, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
-TAG = "localhost/limner:ci"
 
 
 @pytest.fixture(scope="module")
