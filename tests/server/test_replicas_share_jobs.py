@@ -107,3 +107,20 @@ async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another(tmp_path:
         a_engine.open()
         assert (await job(a, job_id))["status"] == "completed"
     assert seeds(b_engine) == [3]
+
+
+async def test_a_job_that_ends_is_never_taken_for_a_lost_one(tmp_path: Path) -> None:
+    """Between the write of its end and its run's last step, a job's row is no longer active: the lease
+    keeper must not take that for another replica's take-over (it once did, at concurrency 8)."""
+    engine = GateEngine()
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        manager = client.app.state.jobs  # type: ignore[attr-defined]
+        job_id = (await client.post(GENERATIONS, json=body(1), headers=ASYNC)).json()["id"]
+        await engine.began(1)
+        live = manager.live[job_id]
+        # The moment in question, made to last: its end is in the store, its run not yet done.
+        live.record.status = "completed"
+        await asyncio.to_thread(manager.store.end, job_id, "completed", ttl=60, result={}, status_code=200)
+        await manager._watch_live()
+        assert not live.lost and not live.run.cancelled
+        engine.open()

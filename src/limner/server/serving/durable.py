@@ -391,24 +391,30 @@ class JobManager:
                 if time.monotonic() - renewed >= self.lease_seconds / 3:
                     await asyncio.to_thread(self.store.renew, self.runner.id, self._lease_end())
                     renewed = time.monotonic()
-                known = set(self.live)  # jobs started after the read below are not in it yet
-                leases = await asyncio.to_thread(self.store.leases)
-                ours = {lease.id: lease for lease in leases if lease.runner == self.runner.id}
-                for job_id in known:
-                    live = self.live.get(job_id)
-                    if live is None or live.done.is_set():
-                        continue
-                    if job_id not in ours:  # taken over (and maybe ended) by another replica
-                        live.lost = True
-                        log.warning("job %s was taken over by another runner; its run here stops", job_id)
-                        live.run.cancel()
-                    elif ours[job_id].cancel_requested:
-                        live.run.cancel()
+                leases = await self._watch_live()
                 taken = await self._take_over(leases)
                 if taken:
                     log.info("took over %d job(s) whose runner stopped", taken)
             except Exception as exc:  # a store that is down: try again next tick
                 log.warning("job leases: %s", exc)
+
+    async def _watch_live(self) -> list[Lease]:
+        """Cancel the live jobs whose cancel was asked on any replica, stop those another replica took
+        over; return every active job's lease."""
+        known = set(self.live)  # jobs started after the read below are not in it yet
+        leases = await asyncio.to_thread(self.store.leases)
+        ours = {lease.id: lease for lease in leases if lease.runner == self.runner.id}
+        for job_id in known:
+            live = self.live.get(job_id)
+            if live is None or live.done.is_set() or live.record.status in ENDED:
+                continue  # an ended job's row is no longer active: not a lost one
+            if job_id not in ours:  # taken over (and maybe ended) by another replica
+                live.lost = True
+                log.warning("job %s was taken over by another runner; its run here stops", job_id)
+                live.run.cancel()
+            elif ours[job_id].cancel_requested:
+                live.run.cancel()
+        return leases
 
     def _orphaned(self, lease: Lease) -> bool:
         if lease.runner == self.runner.id:
