@@ -21,6 +21,8 @@ class RunnerLock:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = folder
         self.id = "run_" + secrets.token_hex(8)
+        #: Runners found gone: their lock files are removed, and each of their jobs is still theirs.
+        self._gone: set[str] = set()
         self._fd: int | None = os.open(self._path(self.id), os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -30,6 +32,8 @@ class RunnerLock:
     def dead_here(self, runner: str) -> bool:
         """Whether `runner` ran on this data dir and is gone (its lock is free). A runner of another
         machine has no file here: only its lease tells."""
+        if runner in self._gone:
+            return True
         if not runner.startswith("run_") or not runner[4:].isalnum():
             return False  # never a path outside the folder
         path = self._path(runner)
@@ -45,6 +49,7 @@ class RunnerLock:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        self._gone.add(runner)
         return True
 
     def close(self) -> None:
