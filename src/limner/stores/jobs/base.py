@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -156,9 +157,13 @@ class JobStore(abc.ABC):
             "Idempotency-Key or Prefer: respond-async) are still served; retry later."
         )
 
+    def _writing(self) -> AbstractContextManager[Any]:
+        """Held around each write transaction (SQLite: one writer at a time in this process)."""
+        return contextlib.nullcontext()
+
     def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = (), *, durable: bool = False) -> Any:
         try:
-            with self._connect(durable) as db:
+            with self._writing(), self._connect(durable) as db:
                 return db.execute(sql, args)
         except Exception as exc:
             raise self._failure(exc) or exc from exc
@@ -182,7 +187,7 @@ class JobStore(abc.ABC):
         disk or a read-only data dir still answers SELECT 1 while no job can be recorded."""
         p = self.PLACEHOLDER
         try:
-            with self._connect() as db:
+            with self._writing(), self._connect() as db:
                 # Room for a typical job, taken and given back in one transaction: rewriting a row in
                 # place succeeds on a full disk, where recording a new job does not.
                 db.execute(
