@@ -127,6 +127,7 @@ async def test_a_frozen_key_database_answers_fast(
     async with app_client(settings) as client:
         guard = client.app.state.key_guard  # type: ignore[attr-defined]
         guard.ttl, guard.grace, guard.wait = 0.2, 1.0, 0.5  # the defaults' shape, in less time
+        guard.store.timeout = 30  # a connect waits this long on a frozen server: far above any bound below
         assert (await client.get("/v1/models", headers=auth)).status_code == 200
         os.kill(pid, signal.SIGSTOP)  # new connections are accepted by the kernel; nobody answers
         try:
@@ -137,10 +138,11 @@ async def test_a_frozen_key_database_answers_fast(
                 await asyncio.sleep(0.25)
         finally:
             os.kill(pid, signal.SIGCONT)
-        # Before: with keys required, each call waited behind one lock for the connect time-out (5 s a
-        # refresh, 12 s seen); on an open server, /health and every call opened a connection on the
-        # event loop. Now: the slowest answer is far below one connect time-out (a generous bound).
-        assert max(elapsed for _, elapsed in answers) < 3.0, answers
+        # Before: with keys required, each call waited behind one lock for the connect time-out (30 s
+        # here; 12 s seen with the default); on an open server, /health and every call opened a
+        # connection on the event loop. Now: the slowest answer is far below one connect time-out (a
+        # bound generous enough for a busy machine).
+        assert max(elapsed for _, elapsed in answers) < 10.0, answers
         v1 = [status for status, _ in answers[0::2]]
         if keys:
             # The last good key set for its grace, then a 503 (never a 500, never an open door).
