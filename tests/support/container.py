@@ -38,10 +38,10 @@ class Podman:
         conf.write_text('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 600, **kwargs: object) -> str:
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> str:
         done = subprocess.run(
-            ["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs
-        )  # type: ignore[call-overload]
+            ["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and done.returncode != 0:
             raise RuntimeError(
                 f"podman {' '.join(args[:3])} failed ({done.returncode}):\n{done.stderr[-3000:]}"

@@ -312,7 +312,7 @@ class JobManager:
                 except Exception as exc:  # the store cannot be written now: the end is retried below
                     log.warning("job %s: its start cannot be recorded: %s", record.id, exc)
             if record.status in ENDED:
-                await self._write_end(record, live.answered)
+                await self._write_end(live)
             live.answered.set()
             live.done.set()
             run.publish()
@@ -324,19 +324,20 @@ class JobManager:
     def _set_failed(record: JobRecord, error: dict[str, Any], status_code: int) -> None:
         record.status, record.error, record.status_code = "failed", error, status_code
 
-    async def _write_end(self, record: JobRecord, answered: asyncio.Event) -> None:
+    async def _write_end(self, live: Live) -> None:
         """Record the job's end, retrying while the store cannot be written (a full disk, PostgreSQL
         restarting) for up to `END_WRITE_SECONDS`; after that the job stays active in the store, and the
-        next start runs it again (an attempt counted), rather than lose it. `answered` is set after the
-        first attempt: a waiting client is not kept waiting by the retries."""
+        next start runs it again (an attempt counted), rather than lose it. `live.answered` is set after
+        the first attempt: a waiting client is not kept waiting by the retries."""
+        record = live.record
         delay, deadline = 0.25, time.monotonic() + END_WRITE_SECONDS
         while True:
             try:
                 await self._end(record)
                 return
             except Exception as exc:  # the store's error (LimnerError) or anything a driver raises
-                answered.set()
-                self.live[record.id].run.publish()
+                live.answered.set()
+                live.run.publish()
                 if time.monotonic() + delay > deadline:
                     log.error(
                         "job %s ended %s but its end cannot be recorded: %s", record.id, record.status, exc
