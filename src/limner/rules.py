@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from limner.errors import InvalidRequest, InvalidValue, ModelNotFound
 from limner.types import (
@@ -231,6 +231,8 @@ class Resolved:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     user: str | None = None
+    #: LoRA adapters asked for (the `lora` field and a model named NAME:ADAPTER): (name, scale or None).
+    loras: tuple[tuple[str, float | None], ...] = ()
 
     @property
     def size(self) -> str:
@@ -378,6 +380,34 @@ def _check_extensions(
         raise InvalidValue("Invalid value for 'seed': it must be between 0 and 2**63 - 1.", param="seed")
 
 
+#: The most adapters a request may name (a model's own limit, max_loras, is checked by its engine).
+MAX_LORAS = 16
+
+
+def _loras(lookup: ProfileLookup, req: Any) -> tuple[tuple[str, float | None], ...]:
+    """The adapters a request asks for: its `lora` field, and the adapter of a model named NAME:ADAPTER
+    (at its configured scale, unless `lora` gives that adapter a scale of its own)."""
+    asked: dict[str, float | None] = {}
+    adapter = lookup.adapter_of(req.model) if req.model else None
+    if adapter is not None:
+        asked[adapter] = None
+    raw = req.lora
+    items = list(raw.items()) if isinstance(raw, dict) else [(name, None) for name in raw or []]
+    if len(items) > MAX_LORAS:
+        raise InvalidValue(f"Invalid value for 'lora': at most {MAX_LORAS} adapters.", param="lora")
+    for name, scale in items:
+        if not name or len(name) > 100:
+            raise InvalidValue(
+                "Invalid value for 'lora': adapter names are 1 to 100 characters.", param="lora"
+            )
+        if scale is not None and not (math.isfinite(scale) and -4 <= scale <= 4):
+            raise InvalidValue(
+                f"Invalid value for 'lora': the scale of '{name}' must be between -4 and 4.", param="lora"
+            )
+        asked[name] = scale
+    return tuple(asked.items())
+
+
 # --------------------------------------------------------------------------------------------------
 # The three operations
 
@@ -393,15 +423,31 @@ class ProfileLookup:
         default_gpt_generation: str = DEFAULT_GPT_GENERATION_MODEL,
         default_edit: str = DEFAULT_EDIT_MODEL,
         default_variation: str = DEFAULT_VARIATION_MODEL,
+        adapters: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         self.profiles = profiles
+        #: A model's LoRA adapter names, each also served as the model name NAME:ADAPTER.
+        self.adapters = adapters or (lambda model: ())
         self.default_generation = default_generation
         self.default_gpt_generation = default_gpt_generation
         self.default_edit = default_edit
         self.default_variation = default_variation
 
+    def split(self, model: str) -> tuple[str, str | None]:
+        """(served model, adapter) of a name: NAME:ADAPTER names an adapter of NAME; any other name
+        is itself."""
+        if model in self.profiles:
+            return model, None
+        base, colon, adapter = model.rpartition(":")
+        if colon and base in self.profiles and adapter in self.adapters(base):
+            return base, adapter
+        return model, None
+
+    def adapter_of(self, model: str) -> str | None:
+        return self.split(model)[1]
+
     def get(self, model: str, operation: Operation) -> ModelProfile:
-        profile = self.profiles.get(model)
+        profile = self.profiles.get(self.split(model)[0])
         if profile is None:
             raise ModelNotFound(model)
         if operation not in profile.operations:
@@ -435,6 +481,7 @@ def _common(
     prompt: str,
     size: str,
     requested_size: str,
+    loras: tuple[tuple[str, float | None], ...] = (),
 ) -> Resolved:
     check_prompt(profile, prompt)
     _check_extensions(req)
@@ -503,6 +550,7 @@ def _common(
         num_inference_steps=req.num_inference_steps,
         guidance_scale=req.guidance_scale,
         user=req.user or req.safety_identifier,
+        loras=loras,
     )
 
 
@@ -514,7 +562,15 @@ def resolve_generation(lookup: ProfileLookup, req: CreateImageRequest) -> Resolv
     size = profile.default_size if requested == "auto" else requested
     # `style` is accepted and ignored for models other than dall-e-3 (docs/images-contract.md, section 10), so that
     # DALL-E-era clients that always send it keep working; dall-e-3 checks its value.
-    return _common(profile, "generate", req, prompt=req.prompt, size=size, requested_size=requested)
+    return _common(
+        profile,
+        "generate",
+        req,
+        prompt=req.prompt,
+        size=size,
+        requested_size=requested,
+        loras=_loras(lookup, req),
+    )
 
 
 def resolve_edit(
@@ -537,7 +593,15 @@ def resolve_edit(
             size = profile.default_size
     else:
         size = requested
-    return _common(profile, "edit", req, prompt=req.prompt, size=size, requested_size=requested)
+    return _common(
+        profile,
+        "edit",
+        req,
+        prompt=req.prompt,
+        size=size,
+        requested_size=requested,
+        loras=_loras(lookup, req),
+    )
 
 
 def _free_auto_size(profile: ModelProfile, input_size: tuple[int, int]) -> str:
@@ -584,6 +648,7 @@ def resolve_variation(lookup: ProfileLookup, req: CreateImageVariationRequest) -
         num_inference_steps=req.num_inference_steps,
         guidance_scale=req.guidance_scale,
         user=req.user or req.safety_identifier,
+        loras=_loras(lookup, req),
     )
 
 

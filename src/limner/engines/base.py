@@ -2,7 +2,8 @@
 
 The protocol holds what the server calls, and only that: `check` before anything is queued or
 streamed, `batch_key` and `run_batch` by the scheduler's workers, `load` (at start-up or on first use)
-and `close` (at shutdown) by limner.scheduler.residency alone. `EngineBase` gives the defaults an
+and `close` (at shutdown, or to make room under a memory budget) by limner.scheduler.residency
+alone, which reads `memory()` and `pinned` to decide what fits. `EngineBase` gives the defaults an
 engine that does not batch needs, and `generate` / `edit` / `vary`, a one-job convenience for such
 engines and for direct use (tests, benchmarks); the server never calls those.
 """
@@ -41,7 +42,28 @@ class EngineInfo:
     transparency: bool = True
     #: The most images one engine run may hold (the scheduler fills batches up to it).
     max_batch: int = 1
+    #: Whether requests may name LoRA adapters (`lora`, or the model name `NAME:ADAPTER`).
+    adapters: bool = False
     extras: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """What an engine holds on a device, for a memory budget (limner.scheduler.residency)."""
+
+    #: The device whose memory it takes ("cuda:0", "cpu"); None: none worth counting (the sketch engine).
+    device: str | None = None
+    #: Bytes expected once loaded, known before loading (from the checkpoint's files).
+    estimated: int = 0
+    #: Bytes measured on the device once loaded (parameters and buffers); None while not loaded.
+    measured: int | None = None
+    #: Bytes set aside beside the weights for what is loaded on demand (LoRA adapters).
+    reserved: int = 0
+
+    @property
+    def charge(self) -> int:
+        """What the engine counts against a budget: its weights (measured once known) and its reserve."""
+        return (self.measured if self.measured is not None else self.estimated) + self.reserved
 
 
 @runtime_checkable
@@ -63,6 +85,19 @@ class Engine(Protocol):
     @property
     def load_at_startup(self) -> bool:
         """Whether the server loads this engine before it starts serving."""
+        ...
+
+    @property
+    def pinned(self) -> bool:
+        """Whether a memory budget may never unload this engine to make room for another."""
+        ...
+
+    def memory(self) -> EngineMemory:
+        """What the engine takes (or will take) on its device."""
+        ...
+
+    def adapters(self) -> list[str]:
+        """The names of the LoRA adapters a request may name (none for most engines)."""
         ...
 
     def load(self) -> None:
@@ -97,6 +132,17 @@ class EngineBase:
     @property
     def load_at_startup(self) -> bool:
         return False
+
+    @property
+    def pinned(self) -> bool:
+        return False
+
+    def memory(self) -> EngineMemory:
+        """Nothing worth counting."""
+        return EngineMemory()
+
+    def adapters(self) -> list[str]:
+        return []
 
     def close(self) -> None:
         """Nothing to release."""

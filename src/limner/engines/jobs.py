@@ -77,6 +77,8 @@ class JobSettings:
     guidance_scale: float | None = None
     #: dall-e-3's style: "vivid" leans hyper-real and dramatic, "natural" less so; None: no style.
     style: Literal["vivid", "natural"] | None = None
+    #: LoRA adapters asked for: (name, scale), None for the adapter's configured scale.
+    loras: tuple[tuple[str, float | None], ...] = ()
 
     def into(self, kind: type[J], **own: Any) -> J:
         """A job of `kind` with these settings and that kind's own fields (prompt, images...)."""

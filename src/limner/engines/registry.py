@@ -214,7 +214,13 @@ class EngineRegistry:
             default_gpt_generation=defaults.gpt_generation_model,
             default_edit=defaults.edit_model,
             default_variation=defaults.variation_model,
+            adapters=self.adapters_of,
         )
+
+    def adapters_of(self, model: str) -> list[str]:
+        """The LoRA adapters of a served model (each also served as the name MODEL:ADAPTER)."""
+        served = self.models.get(model)
+        return self.engines[served.engine_key].adapters() if served is not None else []
 
     def engine_for(self, model: str) -> tuple[ServedModel, Engine]:
         served = self.models[model]

@@ -177,6 +177,10 @@ class Scheduler:
     def started(self, ticket: Ticket[Any]) -> None:
         with self._lock:
             self._running[ticket.client] = self._running.get(ticket.client, 0) + 1
+
+    def ready(self, ticket: Ticket[Any]) -> None:
+        """The job's engine is loaded and its batch about to run: a stream may answer now (with the
+        time it waited for a load in its headers)."""
         loop = ticket.future.get_loop()
         if not loop.is_closed():
             loop.call_soon_threadsafe(ticket.started.set)

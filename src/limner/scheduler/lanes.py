@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from PIL import Image
 
 from limner.engines.base import Engine
-from limner.errors import JobCancelled, LimnerError
-from limner.scheduler.residency import Residency
+from limner.errors import EngineUnavailable, JobCancelled, LimnerError
+from limner.scheduler.residency import NoRoom, Residency
 from limner.scheduler.tickets import Observer, Ticket, operation_of
 
 
@@ -35,6 +35,8 @@ class LaneHost(Protocol):
     def may_run(self, client: str, *, also: int = 0) -> bool: ...
 
     def started(self, ticket: Ticket[Any]) -> None: ...
+
+    def ready(self, ticket: Ticket[Any]) -> None: ...
 
     def ended(self, ticket: Ticket[Any], value: Any, error: BaseException | None) -> None: ...
 
@@ -277,11 +279,27 @@ class Lane:
         seconds = 0.0
         try:
             if live:
-                host.residency.ensure(self.key)  # loads the engine on first use
-                started = time.perf_counter()
-                with host.residency.in_use(self.key):
+                # Loads the engine on first use (within the memory budget, which may unload others).
+                try:
+                    waited = host.residency.acquire(self.key)
+                except NoRoom:
+                    raise  # the model is fine, there was no room in time: the jobs behind may find some
+                except EngineUnavailable as exc:
+                    # The load failed: the jobs waiting behind this batch would only fail the same way
+                    # (one load at a time), so they get the error now; the next job tries again.
+                    self._fail_waiting(host, exc)
+                    raise
+                if waited is not None:
+                    for ticket in batch:
+                        ticket.load_ms = int(waited * 1000)
+                for ticket in batch:
+                    host.ready(ticket)
+                try:
+                    started = time.perf_counter()
                     drawn = self._draw(live)
-                seconds = time.perf_counter() - started
+                    seconds = time.perf_counter() - started
+                finally:
+                    host.residency.release(self.key)
                 observer.batch_ran(batch[0].model, operation, seconds, sum(t.images for t in batch))
                 outcomes = [self._finish(t, d) for t, d in zip(live, drawn, strict=True)]
         except BaseException as exc:  # a whole-batch failure: every job in it gets the error
@@ -315,6 +333,24 @@ class Lane:
             self.cond.notify_all()
         for ticket, value, error in outcomes:
             host.ended(ticket, value, error)
+
+    def _fail_waiting(self, host: LaneHost, error: BaseException) -> None:
+        with self.cond:
+            failed = [t for q in self.waiting.values() for t in q]
+            self.waiting.clear()
+            for ticket in failed:
+                ticket.state = "running"
+                stats = self.stat(ticket.model)
+                stats.queued -= 1
+                stats.failed += 1
+            self.cond.notify_all()
+        for ticket in failed:
+            host.started(ticket)
+            host.ended(ticket, None, error)
+
+    def backlog(self) -> int:
+        """Jobs queued or held by a worker (read without the lock: a snapshot for residency)."""
+        return sum(len(q) for q in list(self.waiting.values())) + self.busy
 
     def _draw(self, live: list[Ticket[Any]]) -> list[list[Image.Image] | LimnerError]:
         """Each live job's images (or the error that was its alone)."""

@@ -26,6 +26,10 @@ class Observer(Protocol):
 
     def model_loaded(self, model: str, seconds: float) -> None: ...
 
+    def model_unloaded(self, model: str) -> None: ...
+
+    def model_load_failed(self, model: str) -> None: ...
+
 
 class Unobserved:
     """An Observer that records nothing."""
@@ -40,6 +44,12 @@ class Unobserved:
         """Nobody watches."""
 
     def model_loaded(self, model: str, seconds: float) -> None:
+        """Nobody watches."""
+
+    def model_unloaded(self, model: str) -> None:
+        """Nobody watches."""
+
+    def model_load_failed(self, model: str) -> None:
         """Nobody watches."""
 
 
@@ -67,6 +77,8 @@ class Ticket(Generic[T]):
     batch_size: int | None = None
     #: Set when it ends: how long its engine run took.
     run_ms: int | None = None
+    #: Set when its batch had to wait for the model to be loaded: for how long.
+    load_ms: int | None = None
 
     @property
     def images(self) -> int:

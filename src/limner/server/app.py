@@ -18,6 +18,7 @@ from limner.engines.base import Engine
 from limner.engines.registry import EngineRegistry
 from limner.errors import LimnerError
 from limner.scheduler import KeyLimits, Lane, ModelLimits, Observer, Residency, Scheduler
+from limner.scheduler.residency import normal_device, resolve_budgets
 from limner.server import banner, errors, openapi
 from limner.server.auth import KeyGuard, require_key
 from limner.server.metrics import Metrics
@@ -77,7 +78,16 @@ def build_scheduler(registry: EngineRegistry, settings: Settings, observer: Obse
         )
     models = {name: ModelLimits(m.engine_key, m.max_queue) for name, m in registry.models.items()}
     served_by = {key: [name for name, m in registry.models.items() if m.engine_key == key] for key in lanes}
-    residency = Residency({key: lane.engine for key, lane in lanes.items()}, served_by, observer)
+    engines = {key: lane.engine for key, lane in lanes.items()}
+    devices = {normal_device(d) for e in engines.values() if (d := e.memory().device) is not None}
+    residency = Residency(
+        engines,
+        served_by,
+        observer,
+        budgets=resolve_budgets(settings.memory_budget, devices),
+        load_wait_seconds=settings.load_wait_seconds,
+        work=lambda key: lanes[key].backlog(),
+    )
     return Scheduler(
         lanes,
         models,

@@ -54,6 +54,28 @@ class _SchedulerCollector(Collector):
             cancelled.add_metric([model], stats["cancelled"])
             failed.add_metric([model], stats["failed"])
         yield from (queued, running, cancelled, failed)
+        residency = self.scheduler.residency
+        resident = GaugeMetricFamily(
+            "limner_model_resident_bytes",
+            "Bytes a loaded model takes on its device (measured; 0 when not loaded).",
+            labels=["model"],
+        )
+        for key, state in residency.snapshot().items():
+            held = state["bytes"]["measured"] or 0
+            for model in residency.models[key]:
+                resident.add_metric([model], held)
+        budget = GaugeMetricFamily(
+            "limner_memory_budget_bytes", "The memory budget of a device.", labels=["device"]
+        )
+        used = GaugeMetricFamily(
+            "limner_memory_used_bytes",
+            "What the resident models count against a device's budget.",
+            labels=["device"],
+        )
+        for device, report in residency.budget_report().items():
+            budget.add_metric([device], report["budget"])
+            used.add_metric([device], report["resident"])
+        yield from (resident, budget, used)
 
 
 class Metrics:
@@ -121,7 +143,32 @@ class Metrics:
             "limner_model_load_seconds", "How long loading the model took.", ["model"], registry=self.registry
         )
         self.loaded = Gauge(
-            "limner_model_loaded", "1 once the model is loaded.", ["model"], registry=self.registry
+            "limner_model_loaded", "1 while the model is loaded.", ["model"], registry=self.registry
+        )
+        self.loads = Counter(
+            "limner_model_loads", "Times the model was loaded.", ["model"], registry=self.registry
+        )
+        self.load_duration = Histogram(
+            "limner_model_load_duration_seconds",
+            "Time each load of the model took.",
+            ["model"],
+            buckets=TIME_BUCKETS,
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "limner_model_evictions",
+            "Times the model was unloaded to make room for another under the memory budget.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "limner_model_load_failures", "Loads of the model that failed.", ["model"], registry=self.registry
+        )
+        self.adapter_requests = Counter(
+            "limner_lora_requests",
+            "Requests that asked for a LoRA adapter, per model and adapter.",
+            ["model", "adapter"],
+            registry=self.registry,
         )
 
     def watch(self, scheduler: Scheduler) -> None:
@@ -157,6 +204,19 @@ class Metrics:
     def model_loaded(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).set(seconds)
         self.loaded.labels(model).set(1)
+        self.loads.labels(model).inc()
+        self.load_duration.labels(model).observe(seconds)
+
+    def model_unloaded(self, model: str) -> None:
+        self.loaded.labels(model).set(0)
+        self.evictions.labels(model).inc()
+
+    def model_load_failed(self, model: str) -> None:
+        self.load_failures.labels(model).inc()
+
+    def adapters_used(self, model: str, names: list[str]) -> None:
+        for name in names:
+            self.adapter_requests.labels(self.model_label(model), name).inc()
 
     # -- fed by the service and the error handler --------------------------------------------------
 

@@ -222,6 +222,9 @@ class AccessMiddleware:
                     "run_ms": state.get("run_ms"),
                     "ms": round(seconds * 1000),
                     "note": state.get("note"),
+                    "load_ms": state.get("load_ms"),
+                    # The prompt, steps, seed and LoRA adapters of an image request.
+                    **(state.get("drawn") or {}),
                 }
             },
         )

@@ -180,6 +180,12 @@ class Settings(BaseModel):
     max_queued_per_key: int | None = None
     max_running_per_key: int | None = None
     sketch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    #: What the models of each device may take together: "20GiB", "80%", "auto" (90 % of the device's
+    #: memory), or a table by device ({ "cuda:0" = "20GiB", cpu = "8GiB" }). Unset: no budget, every
+    #: model stays loaded once loaded. Models are then loaded on demand and idle ones unloaded.
+    memory_budget: str | int | dict[str, str | int] | None = None
+    #: How long a request for a model that is not loaded waits for busy models to make room.
+    load_wait_seconds: float = Field(default=60.0, gt=0)
     defaults: Defaults = Field(default_factory=Defaults)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)

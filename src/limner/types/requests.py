@@ -5,9 +5,10 @@ rule table's job (limner.rules), which narrows them per model with errors that n
 `size` and `model` are open strings in the spec and stay `str` here.
 """
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from limner.types._base import RequestModel
 
@@ -20,7 +21,7 @@ Style = Literal["vivid", "natural"]
 InputFidelity = Literal["high", "low"]
 
 #: limner's documented extensions (docs/images-contract.md, section 10), accepted on all three endpoints.
-EXTENSION_FIELDS = ("seed", "negative_prompt", "num_inference_steps", "guidance_scale")
+EXTENSION_FIELDS = ("seed", "negative_prompt", "num_inference_steps", "guidance_scale", "lora")
 
 
 class _Extensions(RequestModel):
@@ -28,6 +29,25 @@ class _Extensions(RequestModel):
     negative_prompt: str | None = Field(default=None, description="limner extension.")
     num_inference_steps: int | None = Field(default=None, description="limner extension, 1..150.")
     guidance_scale: float | None = Field(default=None, description="limner extension, 0..30.")
+    lora: dict[str, float] | list[str] | None = Field(
+        default=None,
+        description="limner extension: LoRA adapters of the model, {name: scale} or [name, ...] (each at "
+        "its configured scale). In a multipart form: that JSON, or names separated by commas.",
+    )
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_from_form(cls, value: Any) -> Any:
+        """A form field is text: JSON ({"style": 0.8} or ["style"]) or names separated by commas."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                return json.loads(text)
+            except ValueError:
+                return value  # refused below as what it is: not a table or a list
+        return [name.strip() for name in text.split(",") if name.strip()]
 
 
 class _Common(_Extensions):

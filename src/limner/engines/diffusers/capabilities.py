@@ -71,6 +71,11 @@ def _check_options_apply(options: Mapping[str, Any], caps: Capabilities) -> None
         cls = getattr(_module("diffusers"), caps.pipeline, None)
         if cls is None or "use_resolution_binning" not in inspect.signature(cls.__call__).parameters:
             raise option_error("resolution_binning", f"{caps.pipeline} has no resolution binning")
+    if options.get("loras") or options.get("lora_dir"):
+        cls = getattr(_module("diffusers"), caps.pipeline, None)
+        if cls is None or not hasattr(cls, "load_lora_weights"):
+            option = "loras" if options.get("loras") else "lora_dir"
+            raise option_error(option, f"{caps.pipeline} loads no LoRA adapters in diffusers")
     unused = set() if caps.image2image else {"edit", "edit_high_fidelity", "vary"}
     unused |= set() if caps.mask else {"inpaint", "inpaint_high_fidelity"}
     for key in sorted(set(options.get("strength") or {}) & unused):
@@ -154,6 +159,7 @@ class Checks(ModelView):
             negative_prompt=caps.family.negative != "none",
             guidance_scale=caps.guidance != "none",
             transparency=caps.transparency,
+            adapters=bool(opts.loras) or opts.lora_dir is not None,
             extras={
                 "engine": "diffusers",
                 "source": opts.source,

@@ -59,6 +59,7 @@ Unknown options are a ValueError, so typos in the config fail at start instead o
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import threading
@@ -67,8 +68,9 @@ from typing import Any
 
 from PIL import Image
 
-from limner.engines.base import EngineBase
+from limner.engines.base import EngineBase, EngineMemory
 from limner.engines.diffusers import families
+from limner.engines.diffusers.adapters import AdapterCatalogue, AdapterSet, AdapterSlots
 from limner.engines.diffusers.calls import Calls, _Entry
 from limner.engines.diffusers.capabilities import Checks, _check_options_apply
 from limner.engines.diffusers.loading import (
@@ -83,8 +85,9 @@ from limner.engines.diffusers.loading import (
 )
 from limner.engines.diffusers.model import Model, ModelView
 from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
+from limner.engines.diffusers.sizing import estimate_folder, measure
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
-from limner.errors import EngineUnavailable, JobCancelled
+from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 
 logger = logging.getLogger("limner.engines.diffusers")
 
@@ -124,6 +127,9 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         )
     if engine.caps.pipeline != "unknown":
         _check_options_apply(options, engine.caps)
+    elif parsed.loras or parsed.lora_dir:
+        raise option_error("loras", "the checkpoint's pipeline class is unknown: no adapters can be checked")
+    engine.attach_adapters()
     bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
     if bad:
         raise option_error("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
@@ -141,8 +147,28 @@ class DiffusersEngine(EngineBase, ModelView):
         self.calls = Calls(self.model, self.checks)
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self._measured: int | None = None
         self.model.caps = self.checks.capabilities()
         self.model.info = self.checks.make_info()
+        self._estimated = sum(
+            estimate_folder(folder, dtype)
+            for source in (options.source, options.inpaint_source)
+            if source is not None and (folder := _local_folder(source)) is not None
+        )
+        self.catalogue: AdapterCatalogue | None = None
+        self.slots: AdapterSlots | None = None
+
+    def attach_adapters(self) -> None:
+        """The model's adapters, checked against its checkpoint (ValueError naming one that does not
+        fit): once the pipeline class is known."""
+        if not self.info.adapters:
+            return
+        cls = getattr(_module("diffusers"), self.caps.pipeline)
+        itemsize = int(_module("torch").empty(0, dtype=self.dtype).element_size())
+        self.catalogue = AdapterCatalogue(self.model_name, self.options, cls, self._folder, itemsize)
+        self.slots = AdapterSlots(
+            self.catalogue, max_loaded=self.options.max_loaded_loras, reserve=self.catalogue.reserve()
+        )
 
     # -- Engine protocol ---------------------------------------------------------------------------
 
@@ -152,15 +178,33 @@ class DiffusersEngine(EngineBase, ModelView):
 
     @property
     def load_at_startup(self) -> bool:
-        """True when the config says `load = "startup"`: the server calls load() before serving."""
+        """True when the config says `load = "startup"` or `"pinned"`: loaded before serving."""
         return self.options.load_at_startup
+
+    @property
+    def pinned(self) -> bool:
+        return self.options.load == "pinned"
+
+    def memory(self) -> EngineMemory:
+        return EngineMemory(
+            device=self.device,
+            estimated=self._estimated,
+            measured=self._measured,
+            reserved=self.slots.reserve if self.slots is not None else 0,
+        )
+
+    def adapters(self) -> list[str]:
+        return self.catalogue.names() if self.catalogue is not None else []
 
     def load(self) -> None:
         if self._loaded is not None:
             return
         with self._lock:
             if self._loaded is None:
-                self._loaded = self.loader.load_pipeline()
+                loaded = self.loader.load_pipeline()
+                pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
+                self._measured = measure(pipes, self.device)
+                self._loaded = loaded
                 # The real class is known now (a folder without model_index.json could not tell).
                 self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)
                 self.model.info = self.checks.make_info()
@@ -169,6 +213,10 @@ class DiffusersEngine(EngineBase, ModelView):
         """Drop the pipelines (and the device memory they hold)."""
         with self._lock:
             self._loaded = None
+            self._measured = None
+            if self.slots is not None:
+                self.slots.reset()
+        gc.collect()  # pipelines hold reference cycles: free their tensors now, not at some later pass
         torch = _module("torch")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -179,6 +227,15 @@ class DiffusersEngine(EngineBase, ModelView):
         negative_prompt, guidance_scale and steps. No image is resized here (this runs on the event
         loop); the run resizes them once."""
         self.calls.plan(job, inputs=False)
+        self._adapter_set(job)
+
+    def _adapter_set(self, job: Job) -> AdapterSet:
+        """The job's adapters, resolved (a 400 naming `lora` for an unknown or unfitting one)."""
+        if self.catalogue is None:
+            if job.loras:
+                raise InvalidValue(f"Model '{self.model_name}' takes no LoRA adapters.", param="lora")
+            return ()
+        return self.catalogue.resolve(job.loras)
 
     def batch_key(self, job: Job) -> Hashable | None:
         """Jobs that one pipeline call can run together: the same task, size, steps, guidance,
@@ -197,6 +254,8 @@ class DiffusersEngine(EngineBase, ModelView):
             self.calls.guidance(job),
             strength,
             bool(job.negative_prompt),
+            # PEFT applies every active adapter to every row: one adapter set per call.
+            self._adapter_set(job),
         )
 
     # One job at a time, for direct use (tests, benchmarks): these load the model themselves. The server
@@ -232,13 +291,24 @@ class DiffusersEngine(EngineBase, ModelView):
         # image per call (streams send one-image jobs, which batch freely).
         single = any(c.partial_images > 0 and p.job.n > 1 for p, c in zip(plans, contexts, strict=True))
         size = 1 if single else self.info.max_batch  # 1 for families that refuse batches
+        sets = [self._adapter_set(job) for job in jobs]
+        # Calls of one adapter set each (a batch from the scheduler has one; direct callers may mix).
+        runs = [
+            (wanted, [e for e in entries if sets[e.job_index] == wanted]) for wanted in dict.fromkeys(sets)
+        ]
+        calls = [(wanted, group[i : i + size]) for wanted, group in runs for i in range(0, len(group), size)]
+        pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
         results: list[list[Image.Image]] = [[] for _ in jobs]
-        for first in range(0, len(entries), size):
-            chunk = [e for e in entries[first : first + size] if not e.ctx.cancelled]
+        for wanted, members in calls:
+            chunk = [e for e in members if not e.ctx.cancelled]
             if not chunk:
                 continue
             try:
-                images = self.calls.call(loaded, chunk)
+                if self.slots is None:
+                    images = self.calls.call(loaded, chunk)
+                else:
+                    with self.slots.applied(pipes, wanted):
+                        images = self.calls.call(loaded, chunk)
             except JobCancelled:
                 continue  # everyone in this call left; later calls may still have someone waiting
             for entry, image in zip(chunk, images, strict=True):

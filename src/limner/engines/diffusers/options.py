@@ -9,9 +9,11 @@ ignored. What a model's family makes of the options is checked once the family i
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from limner.engines.diffusers.previews import PreviewMode
 from limner.engines.jobs import Detail
@@ -48,6 +50,10 @@ _KNOWN_OPTIONS = frozenset(
         "max_images",
         "true_cfg_scale",
         "resolution_binning",
+        "loras",
+        "lora_dir",
+        "max_loras",
+        "max_loaded_loras",
     }
 )
 
@@ -77,7 +83,6 @@ class DiffusersOptions:
     strength: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_STRENGTH))
     preview: PreviewMode = "auto"
     max_batch: int = 1
-    load_at_startup: bool = False
     #: Reference images an edit may send to a reference-image editor; None: the family's limit or 16.
     max_images: int | None = None
     #: The true-CFG scale a negative prompt runs at on families whose guidance_scale is a distilled
@@ -86,6 +91,21 @@ class DiffusersOptions:
     #: SANA and PixArt compute at the nearest trained aspect ratio and resize when True; off, the
     #: requested size is the computed size.
     resolution_binning: bool = False
+    #: "lazy" (on first use), "startup" (before serving) or "pinned" (before serving, never unloaded
+    #: to make room under a memory budget).
+    load: Literal["lazy", "startup", "pinned"] = "lazy"
+    #: Configured LoRA adapters: name -> (source, default scale).
+    loras: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: A folder whose `.safetensors` files are adapters named by their stems, found when first asked for.
+    lora_dir: str | None = None
+    #: Adapters one request may combine.
+    max_loras: int = 4
+    #: Adapters kept loaded in the pipeline (least recently used unloaded first).
+    max_loaded_loras: int = 8
+
+    @property
+    def load_at_startup(self) -> bool:
+        return self.load != "lazy"
 
 
 def option_error(option: str, message: str) -> ValueError:
@@ -122,6 +142,37 @@ def _parse_size(option: str, value: Any) -> tuple[int, int]:
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return int(value[0]), int(value[1])
     raise option_error(option, f"expected sizes like '512x512' or [512, 512], got {value!r}")
+
+
+#: Adapter names: what a model name `NAME:ADAPTER` and a file stem in `lora_dir` can spell.
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _lora_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    loras: dict[str, tuple[str, float]] = {}
+    raw = options.get("loras", {})
+    if not isinstance(raw, Mapping):
+        raise option_error("loras", 'expected a table: name = { source = "...", scale = 0.8 }')
+    for name, entry in raw.items():
+        if not ADAPTER_NAME.fullmatch(name):
+            raise option_error(f"loras.{name}", "an adapter name is letters, digits, '.', '_' and '-'")
+        if isinstance(entry, str):
+            entry = {"source": entry}
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("source"), str):
+            raise option_error(f"loras.{name}", 'expected { source = "...", scale = 0.8 }')
+        unknown = sorted(set(entry) - {"source", "scale"})
+        if unknown:
+            raise option_error(f"loras.{name}.{unknown[0]}", "unknown key; expected source and scale")
+        loras[name] = (entry["source"], _float(f"loras.{name}.scale", entry.get("scale", 1.0), -4.0, 4.0))
+    lora_dir = options.get("lora_dir")
+    if lora_dir is not None and (not isinstance(lora_dir, str) or not os.path.isdir(lora_dir)):
+        raise option_error("lora_dir", f"no such folder: {lora_dir!r}")
+    return {
+        "loras": loras,
+        "lora_dir": lora_dir,
+        "max_loras": _int("max_loras", options.get("max_loras", 4), 1, 16),
+        "max_loaded_loras": _int("max_loaded_loras", options.get("max_loaded_loras", 8), 1, 256),
+    }
 
 
 def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
@@ -193,8 +244,8 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
     if preview not in ("auto", "linear", "vae"):
         raise option_error("preview", f"expected auto, linear or vae; got {preview!r}")
     load = options.get("load", "lazy")
-    if load not in ("lazy", "startup"):
-        raise option_error("load", f"expected lazy or startup; got {load!r}")
+    if load not in ("lazy", "startup", "pinned"):
+        raise option_error("load", f"expected lazy, startup or pinned; got {load!r}")
     binning = options.get("resolution_binning", False)
     if not isinstance(binning, bool):
         raise option_error("resolution_binning", f"expected true or false, got {binning!r}")
@@ -216,11 +267,12 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         strength=strength,
         preview=cast(PreviewMode, preview),
         max_batch=_int("max_batch", options.get("max_batch", 1), 1, 64),
-        load_at_startup=load == "startup",
+        load=load,
+        **_lora_options(options),
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,
     )
 
 
-__all__ = ["DEVICES", "DTYPES", "DiffusersOptions", "option_error", "parse_options"]
+__all__ = ["ADAPTER_NAME", "DEVICES", "DTYPES", "DiffusersOptions", "option_error", "parse_options"]

@@ -131,7 +131,8 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
 
 def _param(loc: Sequence[Any]) -> str | None:
     """('body', 'images', 0, 'image_url') -> 'images[0].image_url'; FastAPI's 'body'/'query' dropped."""
-    parts = [p for p in loc if p not in ("body", "query", "form")]
+    # A union's member appears in the location as its type ('lora', 'dict[str,float]'): not a field.
+    parts = [p for p in loc if p not in ("body", "query", "form") and not (isinstance(p, str) and "[" in p)]
     out = ""
     for p in parts:
         if isinstance(p, int):

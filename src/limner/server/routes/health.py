@@ -17,6 +17,7 @@ metrics_router = APIRouter(tags=["Operations"])
 async def health(request: Request) -> dict[str, Any]:
     registry = request.app.state.registry
     scheduler = request.app.state.scheduler
+    residency = scheduler.residency.snapshot()
     return {
         "status": "ok",
         "replica": request.app.state.replica,
@@ -28,6 +29,16 @@ async def health(request: Request) -> dict[str, Any]:
         "jobs": scheduler.ended_by_lane(),
         # Per model: queued, running, done, cancelled, failed, batches, mean batch size, mean time.
         "scheduler": scheduler.health(),
+        # Per model: loaded, loading or unloaded, its bytes and idle time; per budgeted device: the
+        # budget, what is resident, and which models hold it.
+        "residency": {
+            "models": {
+                name: residency[m.engine_key]
+                for name, m in registry.models.items()
+                if m.engine_key in residency
+            },
+            "budgets": scheduler.residency.budget_report(),
+        },
         # The services this process shares with its replicas, and whether they answer.
         "services": await request.app.state.probes.answers(),
     }

@@ -14,13 +14,22 @@ from limner.types import EXTENSION_FIELDS, Model, ModelList
 router = APIRouter(tags=["Models"])
 
 
-def _model(request: Request, name: str) -> Model:
-    served, engine = request.app.state.registry.engine_for(name)
+def _model(request: Request, name: str, adapter: str | None = None) -> Model:
+    state = request.app.state
+    served, engine = state.registry.engine_for(name)
+    residency = state.scheduler.residency
+    held = residency.snapshot()[served.engine_key]
+    shown = {k: held[k] for k in ("state", "bytes", "idle_seconds", "pinned")}
+    if adapter is not None:
+        shown |= {"base": name, "adapter": adapter}
+    elif engine.info.adapters:
+        shown["adapters"] = engine.adapters()
     return Model(
-        id=name,
-        created=request.app.state.started,
+        id=name if adapter is None else f"{name}:{adapter}",
+        created=state.started,
         owned_by=served.profile.owned_by,
         capabilities=capabilities(served.profile, engine.info),
+        residency=shown,
     )
 
 
@@ -79,11 +88,19 @@ def capabilities(profile: rules.ModelProfile, info: EngineInfo) -> dict[str, Any
 
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_model(request, name) for name in request.app.state.registry.models])
+    """Every served name, and after each model with LoRA adapters one name MODEL:ADAPTER per adapter
+    (so that clients that can only pick a model can use them)."""
+    registry = request.app.state.registry
+    data = []
+    for name in registry.models:
+        data.append(_model(request, name))
+        data += [_model(request, name, adapter) for adapter in registry.adapters_of(name)]
+    return ModelList(data=data)
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(request: Request, model_id: str) -> Model:
-    if model_id not in request.app.state.registry.models:
+    base, adapter = request.app.state.lookup.split(model_id)
+    if base not in request.app.state.registry.models:
         raise ModelNotFound(model_id)
-    return _model(request, model_id)
+    return _model(request, base, adapter)

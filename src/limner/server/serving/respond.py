@@ -34,6 +34,7 @@ def note(request: Request, run: Run) -> None:
         request.state.queue_ms = queue_ms
     if run_ms is not None:
         request.state.run_ms = run_ms
+    request.state.load_ms = run.load_ms()
 
 
 async def respond(request: Request, work: Work) -> Response:

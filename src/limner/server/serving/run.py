@@ -195,10 +195,19 @@ class Run:
     def observed(self) -> dict[str, str]:
         """The scheduler's view of the first job, as response headers."""
         first = self.tickets[0] if self.tickets else None
-        return {
+        headers = {
             "x-limner-queue-ms": str(first.queue_ms if first and first.queue_ms is not None else 0),
             "x-limner-batch-size": str(first.batch_size or 0 if first else 0),
         }
+        load_ms = self.load_ms()
+        if load_ms is not None:  # its model had to be loaded first (and maybe another unloaded)
+            headers["x-limner-load-ms"] = str(load_ms)
+        return headers
+
+    def load_ms(self) -> int | None:
+        """How long the jobs waited for their model to be loaded; None when it was resident."""
+        waits = [t.load_ms for t in self.tickets if t.load_ms is not None]
+        return max(waits) if waits else None
 
     def timings(self) -> tuple[int | None, int | None]:
         """(queue ms of the first job, run ms of all), for the access record."""

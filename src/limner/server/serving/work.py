@@ -10,6 +10,7 @@ from fastapi import Request
 
 from limner import rules
 from limner.engines.jobs import Job, JobSettings
+from limner.errors import InvalidValue
 from limner.server.errors import for_log, log
 from limner.server.links import base_url
 
@@ -47,6 +48,7 @@ def job_settings(resolved: rules.Resolved) -> JobSettings:
         num_inference_steps=resolved.num_inference_steps,
         guidance_scale=resolved.guidance_scale,
         style=resolved.style,  # type: ignore[arg-type]  # rules checked it is vivid, natural or None
+        loras=resolved.loras,
     )
 
 
@@ -100,6 +102,18 @@ def prepare(
         resolved.size,
     )
     _, engine = state.registry.engine_for(resolved.profile.name)
-    job = make_job(job_settings(resolved))
+    settings = job_settings(resolved)
+    job = make_job(settings)
+    if job.loras and not engine.info.adapters:
+        raise InvalidValue(f"Model '{resolved.profile.name}' takes no LoRA adapters.", param="lora")
     engine.check(job)
+    # What was drawn, for the access record: the prompt, steps, seed and adapters.
+    request.state.drawn = {
+        "prompt": for_log(resolved.prompt, 300) if resolved.prompt else None,
+        "steps": resolved.num_inference_steps,
+        "seed": settings.seed,
+        "lora": dict(job.loras) or None,
+    }
+    if job.loras and state.metrics is not None:
+        state.metrics.adapters_used(resolved.profile.name, [name for name, _ in job.loras])
     return Work(resolved, resolved.profile.name, job, input_sizes or [])
