@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import importlib
 import logging
 import os
@@ -225,7 +224,6 @@ class Residency:
         state = self._states[key]
         charge = self.engines[key].memory().charge
         self.engines[key].close()
-        gc.collect()
         state.loaded_at, state.idle_since = None, None
         state.evictions += 1
         log.info("unloaded %s (%s freed) %s", self._name(key), gib(charge), reason)
@@ -315,7 +313,6 @@ class Residency:
         except BaseException:
             with contextlib.suppress(Exception):
                 engine.close()  # whatever the failed load took goes back
-            gc.collect()
             with self._cond:
                 state.loading = False
                 state.failures += 1

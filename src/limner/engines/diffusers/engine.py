@@ -63,6 +63,7 @@ import gc
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -90,6 +91,12 @@ from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 
 logger = logging.getLogger("limner.engines.diffusers")
+
+
+def _modules(loaded: _Loaded) -> list[Any]:
+    torch = _module("torch")
+    pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
+    return [c for p in pipes for c in p.components.values() if isinstance(c, torch.nn.Module)]
 
 
 def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngine:
@@ -212,11 +219,17 @@ class DiffusersEngine(EngineBase, ModelView):
     def close(self) -> None:
         """Drop the pipelines (and the device memory they hold)."""
         with self._lock:
-            self._loaded = None
+            loaded, self._loaded = self._loaded, None
             self._measured = None
             if self.slots is not None:
                 self.slots.reset()
-        gc.collect()  # pipelines hold reference cycles: free their tensors now, not at some later pass
+        modules = [] if loaded is None else [weakref.ref(m) for m in _modules(loaded)]
+        del loaded
+        # Dropping the pipelines frees their weights by reference counting; a cycle that still holds a
+        # module (a hook, a callback) is broken by a collection, paid only then (~0.25 s with torch
+        # imported: a model swap must not pay it for nothing).
+        if any(ref() is not None for ref in modules):
+            gc.collect()
         torch = _module("torch")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
