@@ -50,8 +50,11 @@ def ray_server(
         config = root / "limner.toml"
         config.write_text(
             f'keys_url = "{keys_url}"\nsketch_concurrency = 1\n'
+            # Each replica's budget holds one tiny model (about 8.2 MB), not both.
+            'memory_budget = "12MB"\n'
             f'[storage]\nkind = "s3"\nbucket = "replicas"\nendpoint_url = "{endpoint}"\n'
             f'[models.tiny]\nengine = "diffusers"\nsource = "{tiny_text2image_dir}"\ndevice = "cpu"\n'
+            f'[models.tiny2]\nengine = "diffusers"\nsource = "{tiny_text2image_dir}"\ndevice = "cpu"\n'
         )
         env = {**aws, "LIMNER_SECRET": "r" * 40, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         args = ("--config", str(config), "--ray", "--replicas", "2", "--cpus-per-replica", "0.5")
@@ -129,6 +132,15 @@ def test_a_stream_and_the_tiny_model_through_the_proxy(ray_server: RunningServer
         model="tiny", prompt="x", size="64x64", extra_body={"num_inference_steps": 2}
     )
     assert tiny.data[0].b64_json
+    for model in ("tiny2", "tiny", "tiny2"):  # each replica's budget holds one: they take turns
+        made = client.images.generate(
+            model=model, prompt="x", size="64x64", extra_body={"num_inference_steps": 2}
+        )
+        assert made.data[0].b64_json
+    for health in replicas_seen(ray_server, 10).values():
+        assert health["residency"]["budgets"]["cpu"]["budget"] == 12_000_000
+        states = {m: health["residency"]["models"][m]["state"] for m in ("tiny", "tiny2")}
+        assert "unloaded" in states.values(), states
     with pytest.raises(openai.BadRequestError) as info:  # the OpenAI envelope, not Ray's error page
         client.images.generate(model="dall-e-3", prompt="x", size="256x256")
     assert info.value.param == "size"
