@@ -72,6 +72,7 @@ from PIL import Image
 from limner.engines.base import EngineBase, EngineMemory
 from limner.engines.diffusers import families
 from limner.engines.diffusers.adapters import AdapterCatalogue, AdapterSet, AdapterSlots
+from limner.engines.diffusers.attention import apply_attention, check_attention
 from limner.engines.diffusers.calls import Calls, _Entry
 from limner.engines.diffusers.capabilities import Checks, _check_options_apply
 from limner.engines.diffusers.loading import (
@@ -137,6 +138,8 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
     elif parsed.loras or parsed.lora_dir:
         raise option_error("loras", "the checkpoint's pipeline class is unknown: no adapters can be checked")
     engine.attach_adapters()
+    if parsed.attention is not None:
+        engine.attention = check_attention(model_name, parsed.attention, engine._folder, device)
     bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
     if bad:
         raise option_error("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")
@@ -164,6 +167,8 @@ class DiffusersEngine(EngineBase, ModelView):
         )
         self.catalogue: AdapterCatalogue | None = None
         self.slots: AdapterSlots | None = None
+        #: The denoiser's attention backend (a diffusers AttentionBackendName), None: the default.
+        self.attention: Any = None
 
     def attach_adapters(self) -> None:
         """The model's adapters, checked against its checkpoint (ValueError naming one that does not
@@ -209,6 +214,11 @@ class DiffusersEngine(EngineBase, ModelView):
         with self._lock:
             if self._loaded is None:
                 loaded = self.loader.load_pipeline()
+                if self.attention is not None and not apply_attention(loaded.base, self.attention):
+                    raise EngineUnavailable(
+                        f"Model '{self.model_name}': attention '{self.attention.value}' reached no attention "
+                        "layer of its denoiser."
+                    )
                 pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
                 self._measured = measure(pipes, self.device)
                 self._loaded = loaded

@@ -54,6 +54,7 @@ _KNOWN_OPTIONS = frozenset(
         "lora_dir",
         "max_loras",
         "max_loaded_loras",
+        "attention",
     }
 )
 
@@ -102,6 +103,8 @@ class DiffusersOptions:
     max_loras: int = 4
     #: Adapters kept loaded in the pipeline (least recently used unloaded first).
     max_loaded_loras: int = 8
+    #: The denoiser's attention backend (diffusers' name, or sdpa / math); None: diffusers' default.
+    attention: str | None = None
 
     @property
     def load_at_startup(self) -> bool:
@@ -269,6 +272,7 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         max_batch=_int("max_batch", options.get("max_batch", 1), 1, 64),
         load=load,
         **_lora_options(options),
+        attention=options.get("attention"),  # checked against the model's denoiser by create_engine
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,
