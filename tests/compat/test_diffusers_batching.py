@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import numpy as np
 import openai
 import pytest
@@ -121,3 +122,18 @@ def test_concurrent_streams_each_get_their_own_previews(batching_server: Running
             "image_generation.partial_image",
             "image_generation.completed",
         ]
+
+
+def test_a_repeated_prompt_is_encoded_once_and_draws_the_same(batching_server: RunningServer) -> None:
+    def hits() -> float:
+        metrics = httpx2.get(f"{batching_server.base_url}/metrics").text
+        line = next(
+            x for x in metrics.splitlines() if x.startswith('limner_prompt_cache_hits_total{model="tiny"}')
+        )
+        return float(line.split()[-1])
+
+    first, _ = generate(batching_server, 71)
+    before = hits()
+    again, _ = generate(batching_server, 71)  # the same prompt: its embeddings come from the cache
+    assert hits() > before
+    assert int(np.abs(first - again).max()) == 0  # lossless

@@ -30,7 +30,8 @@ def budget_server(
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
     models = "".join(
-        f'[models.{name}]\nengine = "diffusers"\nsource = "{source}"\ndevice = "cpu"\n'
+        # No prompt cache: its bytes would count against the budget beside the weights.
+        f'[models.{name}]\nengine = "diffusers"\nsource = "{source}"\ndevice = "cpu"\nprompt_cache_mb = 0\n'
         for name, source in (("one", tiny_text2image_dir), ("two", tiny_text2image_dir), ("broken", broken))
     )
     # The tiny pipeline takes about 8.2 MB at float32: 12 MB holds one of them, never two.

@@ -54,7 +54,9 @@ def ray_server(
             'memory_budget = "12MB"\n'
             f'[storage]\nkind = "s3"\nbucket = "replicas"\nendpoint_url = "{endpoint}"\n'
             f'[models.tiny]\nengine = "diffusers"\nsource = "{tiny_text2image_dir}"\ndevice = "cpu"\n'
+            "prompt_cache_mb = 0\n"
             f'[models.tiny2]\nengine = "diffusers"\nsource = "{tiny_text2image_dir}"\ndevice = "cpu"\n'
+            "prompt_cache_mb = 0\n"
         )
         env = {**aws, "LIMNER_SECRET": "r" * 40, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         args = ("--config", str(config), "--ray", "--replicas", "2", "--cpus-per-replica", "0.5")

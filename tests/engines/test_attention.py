@@ -4,6 +4,7 @@ refused where it would change nothing or cannot run, and never leaked to the oth
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,9 +46,14 @@ def test_a_backend_applies_to_its_model_only_and_gives_the_plain_image(
         engines = client.app.state.registry.engines  # type: ignore[attr-defined]
         math = engines["diffusers:math"]._loaded.base.transformer
         plain = engines["diffusers:plain"]._loaded.base.transformer
-    backends = lambda model: {
-        getattr(m.processor, "_attention_backend", "-") for m in model.modules() if hasattr(m, "processor")
-    }  # noqa: E731
+
+    def backends(model: Any) -> set[Any]:
+        return {
+            getattr(m.processor, "_attention_backend", "-")
+            for m in model.modules()
+            if hasattr(m, "processor")
+        }
+
     assert {b.value for b in backends(math) if b not in ("-", None)} == {"_native_math"}
     assert backends(plain) <= {None, "-"}  # the other model stays at the default...
     assert _AttentionBackendRegistry._active_backend == before  # ...and so does the process

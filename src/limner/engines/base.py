@@ -100,6 +100,10 @@ class Engine(Protocol):
         """The names of the LoRA adapters a request may name (none for most engines)."""
         ...
 
+    def counters(self) -> dict[str, float]:
+        """What the engine counts for /metrics (name -> value; `_total` is added to counters)."""
+        ...
+
     def load(self) -> None:
         """Make the engine ready (load weights). Idempotent; may be slow."""
         ...
@@ -143,6 +147,9 @@ class EngineBase:
 
     def adapters(self) -> list[str]:
         return []
+
+    def counters(self) -> dict[str, float]:
+        return {}
 
     def close(self) -> None:
         """Nothing to release."""

@@ -76,6 +76,16 @@ class _SchedulerCollector(Collector):
             budget.add_metric([device], report["budget"])
             used.add_metric([device], report["resident"])
         yield from (resident, budget, used)
+        # What the engines count themselves (a prompt cache's hits and misses), per model.
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for key, engine in residency.engines.items():
+            for name, value in engine.counters().items():
+                if name not in families:
+                    kind = GaugeMetricFamily if name.endswith("_bytes") else CounterMetricFamily
+                    families[name] = kind(f"limner_{name}", f"Engine figure: {name}.", labels=["model"])
+                for model in residency.models[key]:
+                    families[name].add_metric([model], value)
+        yield from families.values()
 
 
 class Metrics:

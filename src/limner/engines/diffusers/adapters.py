@@ -61,6 +61,12 @@ class Adapter:
     scale: float  # used when a request names the adapter without a scale
     bytes: int  # on the device, at the model's dtype
     configured: bool
+    #: The pipeline components it adapts ("unet", "transformer", "text_encoder"...).
+    components: frozenset[str] = frozenset()
+
+    @property
+    def on_text_encoder(self) -> bool:
+        return any(c.startswith("text_encoder") for c in self.components)
 
 
 def _adapter_file(source: str) -> str:
@@ -253,7 +259,8 @@ class AdapterCatalogue:
                         f"its {component}.{module} is shaped for another model ({down} x {up} against a "
                         f"weight of {weight})"
                     )
-        return Adapter(name, path, scale, tensor_bytes(path, self.itemsize), configured)
+        components = frozenset(component for component, _ in modules)
+        return Adapter(name, path, scale, tensor_bytes(path, self.itemsize), configured, components)
 
 
 class AdapterSlots:
@@ -277,6 +284,10 @@ class AdapterSlots:
     def loaded(self) -> list[str]:
         with self._cond:
             return list(self._loaded)
+
+    def on_text_encoders(self) -> AdapterSet:
+        """The adapters in force that change what the text encoders output (a prompt cache's key)."""
+        return tuple((n, s) for n, s in self._active if n in self._loaded and self._loaded[n].on_text_encoder)
 
     @contextmanager
     def applied(self, pipes: Sequence[Any], wanted: AdapterSet) -> Iterator[None]:

@@ -87,6 +87,7 @@ from limner.engines.diffusers.loading import (
 )
 from limner.engines.diffusers.model import Model, ModelView
 from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
+from limner.engines.diffusers.prompt_cache import PromptCache
 from limner.engines.diffusers.sizing import estimate_folder, measure
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
@@ -169,6 +170,11 @@ class DiffusersEngine(EngineBase, ModelView):
         self.slots: AdapterSlots | None = None
         #: The denoiser's attention backend (a diffusers AttentionBackendName), None: the default.
         self.attention: Any = None
+        self.prompt_cache = (
+            PromptCache(options.prompt_cache_mb * 2**20, context=self._text_adapters)
+            if options.prompt_cache_mb
+            else None
+        )
 
     def attach_adapters(self) -> None:
         """The model's adapters, checked against its checkpoint (ValueError naming one that does not
@@ -202,11 +208,19 @@ class DiffusersEngine(EngineBase, ModelView):
             device=self.device,
             estimated=self._estimated,
             measured=self._measured,
-            reserved=self.slots.reserve if self.slots is not None else 0,
+            # Adapters and the prompt cache are loaded beside the weights, up to these bytes.
+            reserved=(self.slots.reserve if self.slots is not None else 0)
+            + (self.prompt_cache.max_bytes if self.prompt_cache is not None else 0),
         )
 
     def adapters(self) -> list[str]:
         return self.catalogue.names() if self.catalogue is not None else []
+
+    def counters(self) -> dict[str, float]:
+        return self.prompt_cache.counters() if self.prompt_cache is not None else {}
+
+    def _text_adapters(self) -> AdapterSet:
+        return self.slots.on_text_encoders() if self.slots is not None else ()
 
     def load(self) -> None:
         if self._loaded is not None:
@@ -221,6 +235,10 @@ class DiffusersEngine(EngineBase, ModelView):
                     )
                 pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
                 self._measured = measure(pipes, self.device)
+                if self.prompt_cache is not None:
+                    self.prompt_cache.clear()
+                    for index, pipe in enumerate(pipes):
+                        self.prompt_cache.install(pipe, prefix=f"{index}:")
                 self._loaded = loaded
                 # The real class is known now (a folder without model_index.json could not tell).
                 self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)

@@ -55,6 +55,7 @@ _KNOWN_OPTIONS = frozenset(
         "max_loras",
         "max_loaded_loras",
         "attention",
+        "prompt_cache_mb",
     }
 )
 
@@ -105,6 +106,8 @@ class DiffusersOptions:
     max_loaded_loras: int = 8
     #: The denoiser's attention backend (diffusers' name, or sdpa / math); None: diffusers' default.
     attention: str | None = None
+    #: The text encoders' outputs kept for repeated prompts, in MiB (0: off).
+    prompt_cache_mb: int = 256
 
     @property
     def load_at_startup(self) -> bool:
@@ -273,6 +276,7 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         load=load,
         **_lora_options(options),
         attention=options.get("attention"),  # checked against the model's denoiser by create_engine
+        prompt_cache_mb=_int("prompt_cache_mb", options.get("prompt_cache_mb", 256), 0, 1 << 20),
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,
