@@ -4,6 +4,7 @@ path (limner.server.serving.run), the guarantee's one owner, not here."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -266,8 +267,10 @@ class Calls(ModelView):
                 view, self.options.preview, job.width, job.height, self.caps.family.preview
             )
             call["callback_on_step_end"] = _StepCallback(chunk, decoder)
+        step_cache = self.model.step_cache
         try:
-            out = view(**call).images
+            with step_cache.around(view) if step_cache is not None else contextlib.nullcontext():
+                out = view(**call).images
         except ValueError as exc:
             # A combination the capabilities did not foresee: the pipeline refused its arguments.
             # The request gets a 400 that says so; the log has the pipeline's words.

@@ -89,6 +89,7 @@ from limner.engines.diffusers.model import Model, ModelView
 from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
 from limner.engines.diffusers.prompt_cache import PromptCache
 from limner.engines.diffusers.sizing import estimate_folder, measure
+from limner.engines.diffusers.step_cache import check_step_cache
 from limner.engines.jobs import EditJob, GenerateJob, Job, JobContext, VaryJob
 from limner.errors import EngineUnavailable, InvalidValue, JobCancelled
 
@@ -141,6 +142,10 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
     engine.attach_adapters()
     if parsed.attention is not None:
         engine.attention = check_attention(model_name, parsed.attention, engine._folder, device)
+    if parsed.step_cache is not None:
+        engine.model.step_cache = check_step_cache(
+            model_name, parsed.step_cache, engine.caps.pipeline, engine._folder
+        )
     bad = [f"{w}x{h}" for w, h in parsed.sizes or () if w % need or h % need]
     if bad:
         raise option_error("sizes", f"{', '.join(bad)}: this pipeline needs multiples of {need}")

@@ -25,6 +25,8 @@ class Model:
     folder: str | None
     caps: Capabilities | None = None
     info: EngineInfo | None = None
+    #: The denoiser's step cache (limner.engines.diffusers.step_cache.StepCache), when configured.
+    step_cache: Any = None
 
 
 class ModelView:

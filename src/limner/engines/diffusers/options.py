@@ -56,6 +56,7 @@ _KNOWN_OPTIONS = frozenset(
         "max_loaded_loras",
         "attention",
         "prompt_cache_mb",
+        "step_cache",
     }
 )
 
@@ -108,6 +109,8 @@ class DiffusersOptions:
     attention: str | None = None
     #: The text encoders' outputs kept for repeated prompts, in MiB (0: off).
     prompt_cache_mb: int = 256
+    #: { kind = "first_block" | "taylorseer", ... }: checked against the family by create_engine.
+    step_cache: dict[str, Any] | None = None
 
     @property
     def load_at_startup(self) -> bool:
@@ -277,6 +280,7 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         **_lora_options(options),
         attention=options.get("attention"),  # checked against the model's denoiser by create_engine
         prompt_cache_mb=_int("prompt_cache_mb", options.get("prompt_cache_mb", 256), 0, 1 << 20),
+        step_cache=options.get("step_cache"),
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,

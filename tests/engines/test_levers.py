@@ -1,0 +1,152 @@
+"""The speed levers of a diffusers model, each through the app: honoured where the family and device
+can, refused at start-up (naming the option) where they cannot, and never leaked to another model.
+
+`attention`: one model's attention backend. `step_cache`: diffusers' step caches on the denoiser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from limner.server.app import create_app
+from limner.server.settings import ModelConfig, Settings
+
+pytestmark = pytest.mark.diffusers
+
+
+def test_a_backend_applies_to_its_model_only_and_gives_the_plain_image(
+    family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    models = {
+        name: ModelConfig.model_validate(
+            {
+                "engine": "diffusers",
+                "source": str(family_dirs["flux"]),
+                "device": "cpu",
+                "load": "startup",
+                **extra,
+            }
+        )
+        for name, extra in (("math", {"attention": "math"}), ("plain", {}))
+    }
+    before = _AttentionBackendRegistry._active_backend
+    with TestClient(create_app(Settings(data_dir=tmp_path, models=models))) as client:
+        images = {}
+        for name in models:
+            answer = client.post(
+                "/v1/images/generations",
+                json={"model": name, "prompt": "a cat", "size": "64x64", "seed": 3, "num_inference_steps": 2},
+            )
+            assert answer.status_code == 200, answer.text
+            images[name] = answer.json()["data"][0]["b64_json"]
+        engines = client.app.state.registry.engines  # type: ignore[attr-defined]
+        math = engines["diffusers:math"]._loaded.base.transformer
+        plain = engines["diffusers:plain"]._loaded.base.transformer
+
+    def backends(model: Any) -> set[Any]:
+        return {
+            getattr(m.processor, "_attention_backend", "-")
+            for m in model.modules()
+            if hasattr(m, "processor")
+        }
+
+    assert {b.value for b in backends(math) if b not in ("-", None)} == {"_native_math"}
+    assert backends(plain) <= {None, "-"}  # the other model stays at the default...
+    assert _AttentionBackendRegistry._active_backend == before  # ...and so does the process
+    from tests.support.images import decode_b64
+
+    pixels = [np.asarray(decode_b64(b), dtype=np.int16) for b in images.values()]
+    assert int(np.abs(pixels[0] - pixels[1]).max()) <= 1  # lossless: float noise at most
+
+
+@pytest.mark.parametrize(
+    ("family", "value", "says"),
+    [
+        ("sd3", "sdpa", "calls PyTorch's attention directly"),
+        ("sana", "math", "calls PyTorch's attention directly"),
+        ("flux", "flash", "flash-attn"),
+        ("flux", "_native_flash", "needs an accelerator"),
+        ("flux", "bogus", "expected sdpa, math or one of"),
+    ],
+)
+def test_a_backend_that_would_change_nothing_or_cannot_run_stops_the_start_up(
+    family_dirs: dict[str, Path], family: str, value: str, says: str
+) -> None:
+    from limner.engines.diffusers import create_engine
+
+    with pytest.raises(ValueError, match="'attention'") as refused:
+        create_engine("m", {"source": str(family_dirs[family]), "device": "cpu", "attention": value})
+    assert says in str(refused.value)
+
+
+def _serve(tmp_path: Path, models: dict[str, dict[str, Any]]) -> TestClient:
+    configs = {
+        name: ModelConfig.model_validate({"engine": "diffusers", "device": "cpu", "load": "startup", **table})
+        for name, table in models.items()
+    }
+    return TestClient(create_app(Settings(data_dir=tmp_path, models=configs)))
+
+
+def _draw(client: TestClient, model: str, **fields: Any) -> np.ndarray:
+    from tests.support.images import decode_b64
+
+    body = {"model": model, "prompt": "a cat", "size": "64x64", "seed": 3, "num_inference_steps": 6, **fields}
+    answer = client.post("/v1/images/generations", json=body)
+    assert answer.status_code == 200, answer.text
+    return np.asarray(decode_b64(answer.json()["data"][0]["b64_json"]), dtype=np.int16)
+
+
+def test_a_step_cache_skips_steps_of_its_model_only_and_edits_still_run(
+    family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.support.images import gradient, png_bytes
+
+    flux = str(family_dirs["flux"])
+    with _serve(
+        tmp_path,
+        {
+            # A threshold no step stays above: every step after the first reuses the first's residual.
+            "cached": {"source": flux, "step_cache": {"kind": "first_block", "threshold": 1e9}},
+            "plain": {"source": flux},
+        },
+    ) as client:
+        plain = _draw(client, "plain")
+        cached = _draw(client, "cached")
+        assert int(np.abs(cached - plain).max()) > 0  # honoured: the steps were skipped
+        assert int(np.abs(_draw(client, "cached") - cached).max()) == 0  # its state starts afresh each call
+        assert int(np.abs(_draw(client, "plain") - plain).max()) == 0  # the other model is untouched
+        # Image-to-image through FLUX.1 marks no passes: the cache is off for it, the edit runs.
+        edit = client.post(
+            "/v1/images/edits",
+            data={"model": "cached", "prompt": "blue", "size": "64x64", "num_inference_steps": "4"},
+            files={"image": ("in.png", png_bytes(gradient(64, 64)), "image/png")},
+        )
+        assert edit.status_code == 200, edit.text
+
+
+@pytest.mark.parametrize(
+    ("family", "value", "says"),
+    [
+        ("sd3", {"kind": "first_block"}, "has no step cache in diffusers"),
+        ("z-image", {"kind": "taylorseer"}, "has no step cache in diffusers"),
+        ("flux2-klein", {"kind": "first_block"}, "use taylorseer"),
+        ("flux", {"kind": "mag"}, "mag is not offered"),
+        ("flux", {"kind": "first_block", "treshold": 0.1}, "unknown for first_block"),
+        ("flux", "fast", "expected { kind ="),
+    ],
+)
+def test_a_step_cache_the_family_cannot_take_stops_the_start_up(
+    family_dirs: dict[str, Path], family: str, value: Any, says: str
+) -> None:
+    from limner.engines.diffusers import create_engine
+
+    with pytest.raises(ValueError, match="'step_cache") as refused:
+        create_engine("m", {"source": str(family_dirs[family]), "device": "cpu", "step_cache": value})
+    assert says in str(refused.value)
