@@ -10,6 +10,7 @@ from __future__ import annotations
 #: The extras of pyproject.toml and what each brings (the README's table says the same).
 EXTRAS = {
     "diffusers": "torch, diffusers, transformers, accelerate: Hugging Face diffusers models",
+    "quantize": "torchao: int8 and float8 weights for a diffusers model (quantize = ...)",
     "postgres": "psycopg: keys and jobs in PostgreSQL, shared by replicas",
     "s3": "boto3: url-mode images in an S3-compatible bucket",
     "ray": "Ray Serve: replicas on one machine or a cluster",

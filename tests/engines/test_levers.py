@@ -150,3 +150,45 @@ def test_a_step_cache_the_family_cannot_take_stops_the_start_up(
     with pytest.raises(ValueError, match="'step_cache") as refused:
         create_engine("m", {"source": str(family_dirs[family]), "device": "cpu", "step_cache": value})
     assert says in str(refused.value)
+
+
+def test_int8_weights_shrink_the_denoiser_and_keep_the_sensitive_layers(
+    tiny_text2image_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torchao")
+    source = str(tiny_text2image_dir)
+    with _serve(
+        tmp_path, {"int8": {"source": source, "quantize": "int8"}, "plain": {"source": source}}
+    ) as client:
+        plain, quantized = _draw(client, "plain"), _draw(client, "int8")
+        health = client.get("/health").json()["residency"]["models"]
+        engines = client.app.state.registry.engines  # type: ignore[attr-defined]
+        unet = engines["diffusers:int8"]._loaded.base.unet
+        kept = engines["diffusers:int8"].model.quantize.keep
+    assert health["int8"]["bytes"]["measured"] < health["plain"]["bytes"]["measured"]  # resident bytes drop
+    assert 0 < int(np.abs(quantized - plain).max()) <= 24  # lossy, but the same picture
+    kinds = {
+        name: type(module.weight).__name__
+        for name, module in unet.named_modules()
+        if hasattr(module, "weight") and name.endswith(("to_q", "linear_1"))
+    }
+    assert any(kind == "Int8Tensor" for name, kind in kinds.items() if name.endswith("to_q"))
+    assert "time_embedding.linear_1" in kept and kinds["time_embedding.linear_1"] == "Parameter"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("quantize", "int4", "expected int8 or float8"),
+        ("offload", "model", "runs on the CPU"),
+        ("offload", "disk", "expected model or group"),
+    ],
+)
+def test_precision_options_the_device_cannot_honour_stop_the_start_up(
+    tiny_text2image_dir: Path, option: str, value: str, says: str
+) -> None:
+    from limner.engines.diffusers import create_engine
+
+    with pytest.raises(ValueError, match=f"'{option}'") as refused:
+        create_engine("m", {"source": str(tiny_text2image_dir), "device": "cpu", option: value})
+    assert says in str(refused.value)

@@ -34,15 +34,26 @@ ALIASES = {"sdpa": "native", "math": "_native_math", "flash_attention": "flash"}
 CPU_BACKENDS = frozenset({"native", "_native_math", "flex"})
 
 
-def _denoiser_class(folder: str | None) -> str | None:
+def _denoiser_entry(folder: str | None) -> tuple[str, str] | None:
+    """(component, class) of the checkpoint's denoiser, from model_index.json."""
     if folder is None:
         return None
     index = read_config(folder, "model_index.json")
     for component in ("transformer", "unet"):
         entry = index.get(component)
-        if isinstance(entry, list) and len(entry) == 2:
-            return str(entry[1])
+        if isinstance(entry, list) and len(entry) == 2 and entry[1]:
+            return component, str(entry[1])
     return None
+
+
+def _denoiser_class(folder: str | None) -> str | None:
+    entry = _denoiser_entry(folder)
+    return entry[1] if entry else None
+
+
+def _denoiser_component(folder: str | None) -> str | None:
+    entry = _denoiser_entry(folder)
+    return entry[0] if entry else None
 
 
 def check_attention(model_name: str, value: Any, folder: str | None, device: str) -> Any:

@@ -87,6 +87,7 @@ from limner.engines.diffusers.loading import (
 )
 from limner.engines.diffusers.model import Model, ModelView
 from limner.engines.diffusers.options import DiffusersOptions, option_error, parse_options
+from limner.engines.diffusers.precision import check_offload, check_quantize
 from limner.engines.diffusers.prompt_cache import PromptCache
 from limner.engines.diffusers.sizing import estimate_folder, measure
 from limner.engines.diffusers.step_cache import check_step_cache
@@ -142,6 +143,10 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
     engine.attach_adapters()
     if parsed.attention is not None:
         engine.attention = check_attention(model_name, parsed.attention, engine._folder, device)
+    if parsed.quantize is not None:
+        engine.model.quantize = check_quantize(model_name, parsed.quantize, engine._folder)
+    if parsed.offload is not None:
+        engine.model.offload = check_offload(model_name, parsed.offload, device)
     if parsed.step_cache is not None:
         engine.model.step_cache = check_step_cache(
             model_name, parsed.step_cache, engine.caps.pipeline, engine._folder

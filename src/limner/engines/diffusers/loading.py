@@ -135,6 +135,16 @@ def _task_class(task: Task, pipeline_class_name: str) -> Any:
     return found
 
 
+def apply_offload(pipe: Any, kind: str, device: str) -> None:
+    """Instead of `pipe.to(device)`: the weights stay in host memory and visit the device."""
+    if kind == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_group_offload(
+            onload_device=device, offload_device="cpu", offload_type="block_level", num_blocks_per_group=1
+        )
+
+
 @dataclass
 class _Loaded:
     """What load() produces; replaced as a whole, so readers never see a half-loaded engine."""
@@ -151,7 +161,9 @@ class Loader(ModelView):
     def load_pipeline(self) -> _Loaded:
         diffusers = _module("diffusers")
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_QUIET_CASTS)  # once: a set
-        base = self._from_pretrained(diffusers, self.options.source, diffusers.AutoPipelineForText2Image)
+        base = self._from_pretrained(
+            diffusers, self.options.source, diffusers.AutoPipelineForText2Image, main=True
+        )
         scheduler_cls = type(base.scheduler)
         if self.options.scheduler is not None:
             scheduler_cls = getattr(diffusers, self.options.scheduler)
@@ -167,10 +179,12 @@ class Loader(ModelView):
         )
         return _Loaded(base, scheduler_cls, scheduler_config, inpaint_base)
 
-    def _from_pretrained(self, diffusers: Any, source: str, auto_cls: Any) -> Any:
+    def _from_pretrained(self, diffusers: Any, source: str, auto_cls: Any, *, main: bool = False) -> Any:
         kwargs: dict[str, Any] = {_dtype_keyword(): self.dtype}
         if os.path.isdir(source):
             kwargs["local_files_only"] = True
+        if main and self.model.quantize is not None:
+            kwargs["quantization_config"] = self.model.quantize.config()
         try:
             try:
                 pipe = auto_cls.from_pretrained(source, **kwargs)
@@ -180,7 +194,10 @@ class Loader(ModelView):
                 # A pipeline outside the AutoPipeline tables (an edit-only checkpoint, a newer
                 # family): load it as it is; its capabilities say what it can do.
                 pipe = diffusers.DiffusionPipeline.from_pretrained(source, **kwargs)
-            pipe = pipe.to(self.device)
+            if self.model.offload is not None:
+                apply_offload(pipe, self.model.offload, self.device)
+            else:
+                pipe = pipe.to(self.device)
         except Exception as exc:
             # The operator reads the cause in the log; the client learns only that the model is not
             # available (no paths or library messages in a response).

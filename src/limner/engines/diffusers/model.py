@@ -27,6 +27,10 @@ class Model:
     info: EngineInfo | None = None
     #: The denoiser's step cache (limner.engines.diffusers.step_cache.StepCache), when configured.
     step_cache: Any = None
+    #: Weight-only quantization of the denoiser (limner.engines.diffusers.precision.Quantize).
+    quantize: Any = None
+    #: "model" or "group": weights kept in host memory, brought to the device when needed.
+    offload: str | None = None
 
 
 class ModelView:

@@ -57,6 +57,8 @@ _KNOWN_OPTIONS = frozenset(
         "attention",
         "prompt_cache_mb",
         "step_cache",
+        "quantize",
+        "offload",
     }
 )
 
@@ -111,6 +113,10 @@ class DiffusersOptions:
     prompt_cache_mb: int = 256
     #: { kind = "first_block" | "taylorseer", ... }: checked against the family by create_engine.
     step_cache: dict[str, Any] | None = None
+    #: "int8" | "float8": torchao weight-only quantization of the denoiser.
+    quantize: str | None = None
+    #: "model" | "group": offload to host memory (accelerators only).
+    offload: str | None = None
 
     @property
     def load_at_startup(self) -> bool:
@@ -281,6 +287,8 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         attention=options.get("attention"),  # checked against the model's denoiser by create_engine
         prompt_cache_mb=_int("prompt_cache_mb", options.get("prompt_cache_mb", 256), 0, 1 << 20),
         step_cache=options.get("step_cache"),
+        quantize=options.get("quantize"),
+        offload=options.get("offload"),
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,

@@ -116,14 +116,22 @@ def measure(pipes: Iterable[Any], device: str) -> int:
             if not isinstance(component, torch.nn.Module):
                 continue
             for tensor in (*component.parameters(), *component.buffers()):
-                if tensor.device.type != want.type or (
-                    want.index is not None and tensor.device.index != want.index
-                ):
-                    continue
-                storage = tensor.untyped_storage()
-                key = (str(tensor.device), storage.data_ptr())
-                if key in seen:
-                    continue
-                seen.add(key)
-                total += storage.nbytes()
+                total += _tensor_bytes(tensor, torch, want, seen)
     return total
+
+
+def _tensor_bytes(tensor: Any, torch: Any, want: Any, seen: set[tuple[str, int]]) -> int:
+    """A tensor's bytes on `want`, each storage once; a quantized weight (a torchao tensor subclass)
+    by the tensors it holds (int8 data and scales), not the dtype it poses as."""
+    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
+        names, _ = data.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(data, name), torch, want, seen) for name in names)
+    if data.device.type != want.type or (want.index is not None and data.device.index != want.index):
+        return 0
+    storage = data.untyped_storage()
+    key = (str(data.device), storage.data_ptr())
+    if key in seen:
+        return 0
+    seen.add(key)
+    return int(storage.nbytes())
