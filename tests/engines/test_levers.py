@@ -6,6 +6,7 @@ can, refused at start-up (naming the option) where they cannot, and never leaked
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,54 @@ def test_precision_options_the_device_cannot_honour_stop_the_start_up(
     with pytest.raises(ValueError, match=f"'{option}'") as refused:
         create_engine("m", {"source": str(tiny_text2image_dir), "device": "cpu", option: value})
     assert says in str(refused.value)
+
+
+def test_a_compiled_model_is_warmed_up_at_load_and_draws_the_plain_image(
+    family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """One tiny model compiled (CPU inductor: about a minute cold), as the issue asks of CI."""
+    import torch._dynamo
+
+    flux = str(family_dirs["flux"])
+    with _serve(
+        tmp_path,
+        {"compiled": {"source": flux, "compile": True, "sizes": ["64x64"]}, "plain": {"source": flux}},
+    ) as client:
+        compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert compiled_graphs > 0  # compiled while loading, before serving
+        compiled = _draw(client, "compiled")
+        assert (
+            torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_graphs
+        )  # nothing compiled in a request
+        plain = _draw(client, "plain")
+    assert int(np.abs(compiled - plain).max()) <= 1  # lossless: float noise at most
+    assert (tmp_path / "compile-cache").is_dir() or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def test_compile_refuses_what_it_cannot_work_with(
+    tiny_text2image_dir: Path, family_dirs: dict[str, Path]
+) -> None:
+    from limner.engines.diffusers import create_engine
+
+    with pytest.raises(ValueError, match=r"'compile'.*LoRA"):
+        create_engine(
+            "m",
+            {
+                "source": str(tiny_text2image_dir),
+                "device": "cpu",
+                "compile": True,
+                "lora_dir": str(tiny_text2image_dir),
+            },
+        )
+    with pytest.raises(ValueError, match=r"'compile'.*step_cache"):
+        create_engine(
+            "m",
+            {
+                "source": str(family_dirs["flux"]),
+                "device": "cpu",
+                "compile": True,
+                "step_cache": {"kind": "first_block"},
+            },
+        )
+    with pytest.raises(ValueError, match="'compile'"):
+        create_engine("m", {"source": str(tiny_text2image_dir), "device": "cpu", "compile": "yes"})

@@ -105,6 +105,9 @@ def create_app(settings: Settings, *, engines: Mapping[str, Engine] | None = Non
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # not ours to change (an operator's directory): left as it is
         data_dir.chmod(0o700)
+    # torch.compile's kernels and graphs (models with compile = true) persist here: a restart reads
+    # them instead of compiling again. An operator's own setting wins.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir / "compile-cache"))
     registry = EngineRegistry(
         settings.models,
         sketch_concurrency=settings.sketch_concurrency,

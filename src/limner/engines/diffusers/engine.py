@@ -63,6 +63,7 @@ import gc
 import inspect
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -75,6 +76,7 @@ from limner.engines.diffusers.adapters import AdapterCatalogue, AdapterSet, Adap
 from limner.engines.diffusers.attention import apply_attention, check_attention
 from limner.engines.diffusers.calls import Calls, _Entry
 from limner.engines.diffusers.capabilities import Checks, _check_options_apply
+from limner.engines.diffusers.compiling import check_compile, compile_denoiser, warm_up_sizes
 from limner.engines.diffusers.loading import (
     Loader,
     _check_source,
@@ -147,6 +149,11 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         engine.model.quantize = check_quantize(model_name, parsed.quantize, engine._folder)
     if parsed.offload is not None:
         engine.model.offload = check_offload(model_name, parsed.offload, device)
+    check_compile(parsed.compile, parsed)
+    if parsed.compile and parsed.offload is not None:
+        raise option_error(
+            "compile", "cannot be combined with offload (weights that move defeat the compiled graph)"
+        )
     if parsed.step_cache is not None:
         engine.model.step_cache = check_step_cache(
             model_name, parsed.step_cache, engine.caps.pipeline, engine._folder
@@ -245,6 +252,9 @@ class DiffusersEngine(EngineBase, ModelView):
                     )
                 pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
                 self._measured = measure(pipes, self.device)
+                if self.options.compile:
+                    how = compile_denoiser(loaded.base, dynamic=self.options.sizes is None)
+                    self._warm_up(loaded, how)
                 if self.prompt_cache is not None:
                     self.prompt_cache.clear()
                     for index, pipe in enumerate(pipes):
@@ -253,6 +263,32 @@ class DiffusersEngine(EngineBase, ModelView):
                 # The real class is known now (a folder without model_index.json could not tell).
                 self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)
                 self.model.info = self.checks.make_info()
+
+    def _warm_up(self, loaded: _Loaded, how: str) -> None:
+        """One step at each configured size and batch size: torch.compile compiles here, not in the
+        first request (with the persistent cache, a restart reads what it compiled before)."""
+        if "generate" not in self.caps.operations:
+            logger.warning(
+                "model %r: compiled (%s) without a warm-up: it does not generate", self.model_name, how
+            )
+            return
+        started = time.perf_counter()
+        self._loaded = loaded  # run_batch runs on the loaded pipelines
+        try:
+            for width, height in warm_up_sizes(self.options, self.info.size_multiple):
+                for count in sorted({1, self.info.max_batch}):
+                    job = GenerateJob(
+                        prompt="warm-up", width=width, height=height, n=count, num_inference_steps=1
+                    )
+                    self.run_batch([job], [JobContext()])
+        finally:
+            self._loaded = None
+        logger.info(
+            "model %r: denoiser compiled (%s) and warmed up in %.1f s",
+            self.model_name,
+            how,
+            time.perf_counter() - started,
+        )
 
     def close(self) -> None:
         """Drop the pipelines (and the device memory they hold)."""

@@ -59,6 +59,7 @@ _KNOWN_OPTIONS = frozenset(
         "step_cache",
         "quantize",
         "offload",
+        "compile",
     }
 )
 
@@ -117,6 +118,8 @@ class DiffusersOptions:
     quantize: str | None = None
     #: "model" | "group": offload to host memory (accelerators only).
     offload: str | None = None
+    #: torch.compile the denoiser (regional where it has repeated blocks), warmed up at load.
+    compile: bool = False
 
     @property
     def load_at_startup(self) -> bool:
@@ -289,6 +292,7 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         step_cache=options.get("step_cache"),
         quantize=options.get("quantize"),
         offload=options.get("offload"),
+        compile=options.get("compile", False),
         max_images=max_images,
         true_cfg_scale=_float("true_cfg_scale", options.get("true_cfg_scale", 4.0), 1.01, 100.0),
         resolution_binning=binning,
