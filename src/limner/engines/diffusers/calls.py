@@ -264,7 +264,12 @@ class Calls(ModelView):
                 call["image_reference"] = head.references
         if "callback_on_step_end" in params:
             decoder = PreviewDecoder(
-                view, self.options.preview, job.width, job.height, self.caps.family.preview
+                view,
+                self.options.preview,
+                job.width,
+                job.height,
+                self.caps.family.preview,
+                fit=self.model.preview_fit,
             )
             call["callback_on_step_end"] = _StepCallback(chunk, decoder)
         step_cache = self.model.step_cache

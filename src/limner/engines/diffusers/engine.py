@@ -77,6 +77,7 @@ from limner.engines.diffusers.attention import apply_attention, check_attention
 from limner.engines.diffusers.calls import Calls, _Entry
 from limner.engines.diffusers.capabilities import Checks, _check_options_apply
 from limner.engines.diffusers.compiling import check_compile, compile_denoiser, warm_up_sizes
+from limner.engines.diffusers.fitted_preview import PreviewFit, fit_preview
 from limner.engines.diffusers.loading import (
     Loader,
     _check_source,
@@ -252,6 +253,11 @@ class DiffusersEngine(EngineBase, ModelView):
                     )
                 pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
                 self._measured = measure(pipes, self.device)
+                if (
+                    self.options.preview in ("auto", "fitted")
+                    and getattr(loaded.base, "vae", None) is not None
+                ):
+                    self.model.preview_fit = self._fit_preview(loaded)
                 if self.options.compile:
                     how = compile_denoiser(loaded.base, dynamic=self.options.sizes is None)
                     self._warm_up(loaded, how)
@@ -263,6 +269,22 @@ class DiffusersEngine(EngineBase, ModelView):
                 # The real class is known now (a folder without model_index.json could not tell).
                 self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)
                 self.model.info = self.checks.make_info()
+
+    def _fit_preview(self, loaded: _Loaded) -> PreviewFit | None:
+        """The fitted preview map (auto keeps SD's and SDXL's community projection: no fit needed)."""
+        layout = self.caps.family.preview
+        channels = getattr(loaded.base.vae.config, "latent_channels", None)
+        if self.options.preview == "auto" and layout == "spatial" and channels == 4:
+            return None
+        try:
+            fit = fit_preview(loaded.base, layout)
+        except Exception as exc:  # a VAE this fit does not know: the exact VAE preview instead
+            logger.warning(
+                "model %r: no fitted preview (%s); previews decode with the VAE", self.model_name, exc
+            )
+            return None
+        logger.info("model %r: preview map fitted on its VAE (rms error %.3f)", self.model_name, fit.error)
+        return fit
 
     def _warm_up(self, loaded: _Loaded, how: str) -> None:
         """One step at each configured size and batch size: torch.compile compiles here, not in the

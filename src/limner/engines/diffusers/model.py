@@ -31,6 +31,8 @@ class Model:
     quantize: Any = None
     #: "model" or "group": weights kept in host memory, brought to the device when needed.
     offload: str | None = None
+    #: The fitted latent-to-RGB map for previews (fitted_preview.PreviewFit), once loaded.
+    preview_fit: Any = None
 
 
 class ModelView:

@@ -259,8 +259,8 @@ def parse_options(options: Mapping[str, Any]) -> DiffusersOptions:
         strength[key] = _float(f"strength.{key}", value, 0.01, 1.0)
 
     preview = options.get("preview", "auto")
-    if preview not in ("auto", "linear", "vae"):
-        raise option_error("preview", f"expected auto, linear or vae; got {preview!r}")
+    if preview not in ("auto", "linear", "vae", "fitted"):
+        raise option_error("preview", f"expected auto, linear, fitted or vae; got {preview!r}")
     load = options.get("load", "lazy")
     if load not in ("lazy", "startup", "pinned"):
         raise option_error("load", f"expected lazy, startup or pinned; got {load!r}")

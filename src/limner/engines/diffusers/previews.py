@@ -3,7 +3,7 @@
 A preview is drawn from the latents the pipeline hands to `callback_on_step_end`, which are the noisy
 latents after a step (not the model's clean estimate), so early previews look noisy, as they should.
 
-Two decoders:
+Three decoders:
 
 * **linear** (the default for 4-channel latents): a fixed 4x3 projection from latent channels to RGB,
   fitted by the community on Stable Diffusion's VAE (the numbers ComfyUI and A1111 use), then a
@@ -12,23 +12,29 @@ Two decoders:
   with a different VAE (the tiny random test models included), but always a picture of the right size.
 * **vae**: the model's own VAE decode of the current latents. Exact for the noisy state, costs about
   as much as the final decode, per preview.
+* **fitted** (the default where no projection is built in: every family but SD and SDXL): a linear
+  map fitted at load on the model's own VAE, in the callback's layout (fitted_preview.py). A small
+  matrix product per preview.
 
 The transformer families hand over packed latents, which are unpacked first, as each pipeline does
 before its final decode: FLUX.1 and Qwen-Image pack 2x2 patches into a (batch, sequence, channels)
 sequence, FLUX.2 packs patchified latents row by row and normalises them with its VAE's batch-norm
 statistics, and Qwen-Image's VAE is a video VAE (one frame) with its own mean and deviation. They get
-the VAE preview: no community projection for their latent spaces is built in.
+the fitted preview, or with `preview = "vae"` an exact decode.
 
 torch is imported by the functions that need it, never at import time.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-PreviewMode = Literal["auto", "linear", "vae"]
+if TYPE_CHECKING:
+    from limner.engines.diffusers.fitted_preview import PreviewFit
+
+PreviewMode = Literal["auto", "linear", "vae", "fitted"]
 #: How a family's callback latents are laid out (limner.engines.diffusers.families).
 Layout = Literal["spatial", "flux", "qwen", "flux2"]
 
@@ -69,9 +75,16 @@ class PreviewDecoder:
     """Turns a batch of latents into PIL previews of the output size, or None when it cannot."""
 
     def __init__(
-        self, pipe: Any, mode: PreviewMode, width: int, height: int, layout: Layout = "spatial"
+        self,
+        pipe: Any,
+        mode: PreviewMode,
+        width: int,
+        height: int,
+        layout: Layout = "spatial",
+        fit: PreviewFit | None = None,
     ) -> None:
         self._pipe = pipe
+        self._fit = fit
         self._size = (width, height)
         self._layout = layout
         is_xl = "XL" in type(pipe).__name__
@@ -79,14 +92,21 @@ class PreviewDecoder:
         self._mode = mode
 
     def decode(self, latents: Any) -> list[Image.Image] | None:
-        if self._layout != "spatial":
+        mode = self._mode
+        spatial = self._layout == "spatial"
+        if mode == "auto":
+            # SD's and SDXL's community projection where it exists, else the model's own fitted map.
+            linear = (
+                spatial and getattr(latents, "ndim", 0) == 4 and int(latents.shape[1]) == len(self._factors)
+            )
+            mode = "linear" if linear else "fitted" if self._fit is not None else "vae"
+        if mode == "fitted" and self._fit is not None:
+            return self._fit.draw(latents, *self._size)
+        if not spatial:
             return self._packed(latents)
         if getattr(latents, "ndim", 0) != 4:
             return None  # a layout this module does not know: fewer partial images, never a wrong one
         channels = int(latents.shape[1])
-        mode = self._mode
-        if mode == "auto":
-            mode = "linear" if channels == len(self._factors) else "vae"
         if mode == "linear" and channels == len(self._factors):
             return self._linear(latents)
         if getattr(self._pipe, "vae", None) is None:
