@@ -51,9 +51,16 @@ What it does, and the decisions behind it:
   the run (see previews.py), and, when the job is cancelled, the pipeline's `_interrupt` flag is
   set and JobCancelled is raised from the callback, which also skips the final VAE decode.
 
+* **Memory and adapters.** `memory()` says what the model takes (estimated from its safetensors
+  headers, measured once loaded; sizing.py) for limner.scheduler.residency's budget; LoRA adapters are
+  checked and switched by adapters.py, between calls only, one adapter set per call.
+* **Speed levers**, each refused at start-up where it cannot apply: compiling.py, attention.py,
+  step_cache.py, precision.py (quantize, offload), prompt_cache.py, fitted_preview.py.
+
 Options (the model's table in the config, minus `engine`): source, inpaint_source, device, dtype,
 scheduler, steps, guidance, sizes, size_multiple, max_size, max_pixels, strength, preview, max_batch,
-load, max_images, true_cfg_scale, resolution_binning.
+load, max_images, true_cfg_scale, resolution_binning, loras, lora_dir, max_loras, max_loaded_loras,
+attention, prompt_cache_mb, step_cache, quantize, offload, compile.
 Unknown options are a ValueError, so typos in the config fail at start instead of being ignored.
 """
 
