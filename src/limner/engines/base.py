@@ -57,8 +57,11 @@ class EngineMemory:
     estimated: int = 0
     #: Bytes measured on the device once loaded (parameters and buffers); None while not loaded.
     measured: int | None = None
-    #: Bytes set aside beside the weights for what is loaded on demand (LoRA adapters).
+    #: Bytes set aside beside the weights for what is loaded on demand (LoRA adapters, a prompt cache).
     reserved: int = 0
+    #: On CUDA: what the allocator's figure grew by while the model loaded (weights, buffers and the
+    #: allocator's rounding); None elsewhere.
+    allocated: int | None = None
 
     @property
     def charge(self) -> int:

@@ -375,6 +375,7 @@ class Residency:
                         "estimated": memory.estimated,
                         "measured": memory.measured,
                         "reserved": memory.reserved,
+                        "allocated": memory.allocated,
                     },
                     "load_seconds": None if state.load_seconds is None else round(state.load_seconds, 3),
                     "running": state.running,

@@ -239,10 +239,11 @@ class AdapterCatalogue:
             if match is None:
                 continue  # alphas, DoRA magnitudes: they ride with a module counted below
             if component not in loadable:
-                what = "text-encoder adapters" if component.startswith("text_encoder") else f"'{component}'"
+                what = "the text encoder" if component.startswith("text_encoder") else f"'{component}'"
                 raise AdapterMismatch(
                     f"it adapts {what}, which diffusers' loader for {self.pipeline_class.__name__} does "
-                    f"not apply (it adapts {', '.join(loadable) or 'nothing'})"
+                    f"not apply (it adapts {', '.join(loadable) or 'nothing'}); it is refused rather than "
+                    "applied in part"
                 )
             part = "down" if match.group("part") in _DOWN else "up"
             modules.setdefault((component, match.group("module")), {})[part] = tuple(tensor.shape)

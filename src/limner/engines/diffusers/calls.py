@@ -274,7 +274,7 @@ class Calls(ModelView):
             call["callback_on_step_end"] = _StepCallback(chunk, decoder)
         step_cache = self.model.step_cache
         try:
-            with step_cache.around(view) if step_cache is not None else contextlib.nullcontext():
+            with step_cache.around(view, head.steps) if step_cache is not None else contextlib.nullcontext():
                 out = view(**call).images
         except ValueError as exc:
             # A combination the capabilities did not foresee: the pipeline refused its arguments.

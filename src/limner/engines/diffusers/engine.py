@@ -184,6 +184,7 @@ class DiffusersEngine(EngineBase, ModelView):
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._measured: int | None = None
+        self._allocated_bytes: int | None = None
         self.model.caps = self.checks.capabilities()
         self.model.info = self.checks.make_info()
         self._estimated = sum(
@@ -236,6 +237,7 @@ class DiffusersEngine(EngineBase, ModelView):
             # Adapters and the prompt cache are loaded beside the weights, up to these bytes.
             reserved=(self.slots.reserve if self.slots is not None else 0)
             + (self.prompt_cache.max_bytes if self.prompt_cache is not None else 0),
+            allocated=self._allocated_bytes if self._measured is not None else None,
         )
 
     def adapters(self) -> list[str]:
@@ -252,6 +254,7 @@ class DiffusersEngine(EngineBase, ModelView):
             return
         with self._lock:
             if self._loaded is None:
+                allocated_before = self._allocated()
                 loaded = self.loader.load_pipeline()
                 if self.attention is not None and not apply_attention(loaded.base, self.attention):
                     raise EngineUnavailable(
@@ -260,6 +263,8 @@ class DiffusersEngine(EngineBase, ModelView):
                     )
                 pipes = [loaded.base] + ([loaded.inpaint_base] if loaded.inpaint_base is not None else [])
                 self._measured = measure(pipes, self.device)
+                if allocated_before is not None:
+                    self._allocated_bytes = (self._allocated() or 0) - allocated_before
                 if (
                     self.options.preview in ("auto", "fitted")
                     and getattr(loaded.base, "vae", None) is not None
@@ -276,6 +281,12 @@ class DiffusersEngine(EngineBase, ModelView):
                 # The real class is known now (a folder without model_index.json could not tell).
                 self.model.caps = self.checks.capabilities(type(self._loaded.base).__name__)
                 self.model.info = self.checks.make_info()
+
+    def _allocated(self) -> int | None:
+        """CUDA's allocator figure for this model's device; None on other devices."""
+        if not self.device.startswith("cuda"):
+            return None
+        return int(_module("torch").cuda.memory_allocated(self.device))
 
     def _fit_preview(self, loaded: _Loaded) -> PreviewFit | None:
         """The fitted preview map (auto keeps SD's and SDXL's community projection: no fit needed)."""

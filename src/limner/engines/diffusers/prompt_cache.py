@@ -8,7 +8,9 @@ mechanism serves every family, whatever it feeds its encoders: the key is everyt
 receives (the token ids and attention mask, the image a Qwen-Image editor encodes with its prompt, the
 flags such as `output_hidden_states`), plus which encoder and what `context()` says (the LoRA adapters in
 force on the text encoders). Equal keys are equal inputs, so a hit returns what the encoder would: the
-output is lossless. Each hit returns copies of the kept tensors, so that a pipeline that changes its
+output is lossless. A batch of prompts is looked up row by row (each row's inputs are its key), the
+rows not seen before run as one smaller batch, and the rows are joined again: a request's prompt hits
+whatever batch it was first encoded in. Each hit returns copies of the kept tensors, so that a pipeline that changes its
 embeddings in place never changes the cache. The outputs stay on the device (a hit costs a copy, not a
 transfer); their bytes count against `prompt_cache_mb`, least recently used out first.
 """
@@ -57,6 +59,70 @@ def _copy(value: Any, torch: Any) -> Any:
     if isinstance(value, tuple | list):
         return type(value)(_copy(v, torch) for v in value)
     return value
+
+
+#: _by_row's answer when a call cannot be split by rows (then one key covers the whole call).
+_UNSPLIT = object()
+
+
+def _batch_rows(inputs: Any, torch: Any) -> int | None:
+    """The batch size when every tensor among the inputs has it as its first dimension, else None."""
+    sizes: set[int] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            sizes.add(int(value.shape[0]) if value.ndim else -1)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    visit(inputs)
+    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else None
+
+
+def _rows(value: Any, rows: list[int], torch: Any) -> Any:
+    """The inputs with only these rows of every tensor."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if isinstance(value, list | tuple):
+        return type(value)(_rows(v, rows, torch) for v in value)
+    if isinstance(value, dict):
+        return {k: _rows(v, rows, torch) for k, v in value.items()}
+    return value
+
+
+def _split(value: Any, count: int, torch: Any) -> list[Any] | None:
+    """An output as one output per row; None when some tensor of it is not one row per prompt."""
+    if isinstance(value, torch.Tensor):
+        return [value[i : i + 1] for i in range(count)] if value.ndim and value.shape[0] == count else None
+    if value is None or isinstance(value, bool | int | float | str):
+        return [value] * count
+    if isinstance(value, dict):
+        parts = {k: _split(v, count, torch) for k, v in value.items() if not _unread(v)}
+        if any(p is None for p in parts.values()):
+            return None
+        return [type(value)(**{k: p[i] for k, p in parts.items() if p is not None}) for i in range(count)]
+    if isinstance(value, tuple | list):
+        items = [_split(v, count, torch) for v in value]
+        if any(p is None for p in items):
+            return None
+        return [type(value)(p[i] for p in items if p is not None) for i in range(count)]
+    return None
+
+
+def _join(rows: list[Any], torch: Any) -> Any:
+    """Per-row outputs as one batch output (new tensors: the kept ones are never handed out)."""
+    first = rows[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(rows)
+    if isinstance(first, dict):
+        return type(first)(**{k: _join([r[k] for r in rows], torch) for k in first})
+    if isinstance(first, tuple | list):
+        return type(first)(_join([r[i] for r in rows], torch) for i in range(len(first)))
+    return first
 
 
 def _nbytes(value: Any, torch: Any) -> int | None:
@@ -113,32 +179,80 @@ class PromptCache:
 
     def _wrap(self, name: str, forward: Callable[..., Any], torch: Any) -> Callable[..., Any]:
         def cached_forward(*args: Any, **kwargs: Any) -> Any:
-            key = hashlib.sha256(f"{name}|{self.context()!r}".encode())
-            if not _digest((list(args), kwargs), torch, key):
-                return forward(*args, **kwargs)
-            digest = key.digest()
-            with self._lock:
-                kept = self._kept.get(digest)
-                if kept is not None:
-                    self._kept.move_to_end(digest)
-                    self.hits += 1
-            if kept is not None:
-                return _copy(kept[0], torch)
-            started = time.perf_counter()
-            output = forward(*args, **kwargs)
-            size = _nbytes(output, torch)
-            with self._lock:
-                self.misses += 1
-                self.encode_seconds += time.perf_counter() - started
-                if size is not None and size <= self.max_bytes and digest not in self._kept:
-                    self._kept[digest] = (_copy(output, torch), size)
-                    self.bytes += size
-                    while self.bytes > self.max_bytes:
-                        _, (_, dropped) = self._kept.popitem(last=False)
-                        self.bytes -= dropped
-            return output
+            rows = _batch_rows((args, kwargs), torch)
+            if rows is not None and rows > 1:
+                joined = self._by_row(name, forward, torch, args, kwargs, rows)
+                if joined is not _UNSPLIT:
+                    return joined
+            return self._whole(name, forward, torch, args, kwargs)
 
         return cached_forward
+
+    def _key(self, name: str, torch: Any, inputs: Any) -> bytes | None:
+        key = hashlib.sha256(f"{name}|{self.context()!r}".encode())
+        return key.digest() if _digest(inputs, torch, key) else None
+
+    def _find(self, digest: bytes) -> Any:
+        """(under the lock) The kept output, counted as a hit, or None."""
+        kept = self._kept.get(digest)
+        if kept is not None:
+            self._kept.move_to_end(digest)
+            self.hits += 1
+            return kept[0]
+        return None
+
+    def _keep(self, digest: bytes, output: Any, torch: Any, seconds: float) -> None:
+        size = _nbytes(output, torch)
+        with self._lock:
+            self.misses += 1
+            self.encode_seconds += seconds
+            if size is not None and size <= self.max_bytes and digest not in self._kept:
+                self._kept[digest] = (_copy(output, torch), size)
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    _, (_, dropped) = self._kept.popitem(last=False)
+                    self.bytes -= dropped
+
+    def _whole(self, name: str, forward: Callable[..., Any], torch: Any, args: Any, kwargs: Any) -> Any:
+        """One key for the whole call."""
+        digest = self._key(name, torch, (list(args), kwargs))
+        if digest is None:
+            return forward(*args, **kwargs)
+        with self._lock:
+            kept = self._find(digest)
+        if kept is not None:
+            return _copy(kept, torch)
+        started = time.perf_counter()
+        output = forward(*args, **kwargs)
+        self._keep(digest, output, torch, time.perf_counter() - started)
+        return output
+
+    def _by_row(
+        self, name: str, forward: Callable[..., Any], torch: Any, args: Any, kwargs: Any, rows: int
+    ) -> Any:
+        """A batch of prompts, one key per row: the rows seen before come from the cache, the others
+        run as one smaller batch. _UNSPLIT when the output is not one row per prompt."""
+        digests = []
+        for row in range(rows):
+            digest = self._key(name, torch, _rows((list(args), kwargs), [row], torch))
+            if digest is None:
+                return _UNSPLIT
+            digests.append(digest)
+        with self._lock:
+            found = [self._find(d) for d in digests]
+        missing = [row for row, kept in enumerate(found) if kept is None]
+        if missing:
+            sub_args, sub_kwargs = _rows((list(args), kwargs), missing, torch)
+            started = time.perf_counter()
+            output = forward(*sub_args, **sub_kwargs)
+            seconds = time.perf_counter() - started
+            pieces = _split(output, len(missing), torch)
+            if pieces is None:
+                return output if len(missing) == rows else forward(*args, **kwargs)
+            for row, piece in zip(missing, pieces, strict=True):
+                self._keep(digests[row], piece, torch, seconds / len(missing))
+                found[row] = piece
+        return _join(found, torch)
 
     def counters(self) -> dict[str, float]:
         with self._lock:
