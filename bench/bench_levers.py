@@ -187,8 +187,9 @@ def stage_shares(family: Family, cached: bool) -> dict[str, float]:
     return spent
 
 
-def preview_costs(family: Family) -> tuple[float, float, float]:
-    """(ms of a fitted partial image, ms of a VAE one, ms of one denoising step)."""
+def preview_costs(family: Family) -> tuple[float, float, float, float]:
+    """(ms of a fitted partial image, ms of a VAE one, ms of one denoising step, PSNR of the fitted
+    preview against the VAE-decoded one, at the output size)."""
     import torch
 
     from limner.engines.diffusers.fitted_preview import _encode, _synthetic, to_callback_layout
@@ -212,9 +213,12 @@ def preview_costs(family: Family) -> tuple[float, float, float]:
         return statistics.median(samples) * 1000
 
     fitted_ms, vae_ms = median_ms(lambda: fitted.decode(latents)), median_ms(lambda: exact.decode(latents))
+    drawn, decoded = fitted.decode(latents), exact.decode(latents)
+    assert drawn is not None and decoded is not None
+    quality = psnr(np.asarray(drawn[0].convert("RGB")), np.asarray(decoded[0].convert("RGB")))
     step_ms = median_ms(lambda: family.draw(engine)) / family.steps
     engine.close()
-    return fitted_ms, vae_ms, step_ms
+    return fitted_ms, vae_ms, step_ms, quality
 
 
 def quantized_bytes(family: Family, kind: str) -> tuple[float, float, int, int]:
@@ -318,12 +322,13 @@ def main() -> None:
         print(f"| {name} | {shares} | {off['total'] * 1000:.0f} -> {on['total'] * 1000:.0f} | {saved:.0%} |")
 
     print("\none partial image, fitted against VAE-decoded:\n")
-    print("| family | fitted ms | VAE ms | fitted / VAE | fitted / step | VAE / step |")
-    print("|---|---|---|---|---|---|")
+    print("| family | fitted ms | VAE ms | fitted / VAE | fitted / step | VAE / step | PSNR fitted vs VAE |")
+    print("|---|---|---|---|---|---|---|")
     for name, family in families.items():
-        fitted_ms, vae_ms, step_ms = preview_costs(family)
+        fitted_ms, vae_ms, step_ms, quality = preview_costs(family)
         print(
-            f"| {name} | {fitted_ms:.2f} | {vae_ms:.1f} | {fitted_ms / vae_ms:.3f} | {fitted_ms / step_ms:.2f} | {vae_ms / step_ms:.2f} |"
+            f"| {name} | {fitted_ms:.2f} | {vae_ms:.1f} | {fitted_ms / vae_ms:.3f} | {fitted_ms / step_ms:.2f} "
+            f"| {vae_ms / step_ms:.2f} | {quality:.1f} dB |"
         )
 
 

@@ -49,6 +49,10 @@ def test_ray_serve_says_ready_keeps_request_ids_and_stops_cleanly(tmp_path: Path
     assert log.rstrip().endswith("limner serve: stopped")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_local_yaml_runs_as_written(tmp_path: Path) -> None:
     """deploy/serve.local.yaml with Ray's own `serve run`, its port and data dir moved into the test's
     (the only changes): limner answers on 127.0.0.1, and Ctrl-C stops it."""
@@ -73,6 +77,9 @@ def test_serve_local_yaml_runs_as_written(tmp_path: Path) -> None:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Ctrl-C as a terminal delivers it: a child inherits an ignored SIGINT and Python then keeps
+        # ignoring it, and by this test the suite's own process can have it ignored (the full run did).
+        preexec_fn=_default_sigint,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -99,13 +106,7 @@ def test_serve_local_yaml_runs_as_written(tmp_path: Path) -> None:
         assert made.headers["x-request-id"].startswith("req_")  # the callback reached Ray's proxy
         assert (tmp_path / "data").is_dir()
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            # Seen once in a full suite on a loaded 2-core machine: Ray's serve.shutdown() still waiting
-            # after three minutes. A second Ctrl-C is what a user presses then; it must stop it.
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=60)
+        process.wait(timeout=180)
     finally:
         if process.poll() is None:
             process.kill()

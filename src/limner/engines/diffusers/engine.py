@@ -271,8 +271,15 @@ class DiffusersEngine(EngineBase, ModelView):
                 ):
                     self.model.preview_fit = self._fit_preview(loaded)
                 if self.options.compile:
-                    how = compile_denoiser(loaded.base, dynamic=self.options.sizes is None)
-                    self._warm_up(loaded, how)
+                    try:
+                        how = compile_denoiser(loaded.base, dynamic=self.options.sizes is None)
+                        self._warm_up(loaded, how)
+                    except Exception as exc:  # no compiler, an unsupported graph: the log has it
+                        logger.error("model '%s' could not be compiled: %s", self.model_name, exc)
+                        raise EngineUnavailable(
+                            f"Model '{self.model_name}' could not be compiled on this server; the server "
+                            "log says why."
+                        ) from exc
                 if self.prompt_cache is not None:
                     self.prompt_cache.clear()
                     for index, pipe in enumerate(pipes):
