@@ -226,7 +226,7 @@ def quantized_bytes(family: Family, kind: str) -> tuple[float, float, int, int]:
     plain one's, layers quantized, layers kept in the compute dtype)."""
     import torch
 
-    from limner.engines.diffusers.sizing import measure
+    from limner.engines.diffusers.sizing import measure_modules
 
     def denoiser(engine: Any) -> Any:
         return getattr(engine._loaded.base, "transformer", None) or engine._loaded.base.unet
@@ -240,7 +240,7 @@ def quantized_bytes(family: Family, kind: str) -> tuple[float, float, int, int]:
             continue
         count += 1
         original = denoiser(plain).get_submodule(name).weight
-        held += measure([type("P", (), {"components": {"m": module}})()], family.device) - (
+        held += measure_modules([module], family.device) - (
             module.bias.numel() * module.bias.element_size()
             if getattr(module, "bias", None) is not None
             else 0
@@ -248,7 +248,7 @@ def quantized_bytes(family: Family, kind: str) -> tuple[float, float, int, int]:
         held_plain += original.numel() * original.element_size()
 
     def whole(engine: Any) -> int:
-        return measure([type("P", (), {"components": {"d": denoiser(engine)}})()], family.device)
+        return measure_modules([denoiser(engine)], family.device)
 
     ratio = whole(quantized) / whole(plain)
     kept = len(quantized.model.quantize.keep)

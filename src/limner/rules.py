@@ -474,6 +474,7 @@ class ProfileLookup:
 
 
 def _common(
+    lookup: ProfileLookup,
     profile: ModelProfile,
     operation: Operation,
     req: CreateImageRequest | CreateImageEditRequest | EditImageJsonRequest,
@@ -481,7 +482,6 @@ def _common(
     prompt: str,
     size: str,
     requested_size: str,
-    loras: tuple[tuple[str, float | None], ...] = (),
 ) -> Resolved:
     check_prompt(profile, prompt)
     _check_extensions(req)
@@ -550,7 +550,7 @@ def _common(
         num_inference_steps=req.num_inference_steps,
         guidance_scale=req.guidance_scale,
         user=req.user or req.safety_identifier,
-        loras=loras,
+        loras=_loras(lookup, req),
     )
 
 
@@ -562,15 +562,7 @@ def resolve_generation(lookup: ProfileLookup, req: CreateImageRequest) -> Resolv
     size = profile.default_size if requested == "auto" else requested
     # `style` is accepted and ignored for models other than dall-e-3 (docs/images-contract.md, section 10), so that
     # DALL-E-era clients that always send it keep working; dall-e-3 checks its value.
-    return _common(
-        profile,
-        "generate",
-        req,
-        prompt=req.prompt,
-        size=size,
-        requested_size=requested,
-        loras=_loras(lookup, req),
-    )
+    return _common(lookup, profile, "generate", req, prompt=req.prompt, size=size, requested_size=requested)
 
 
 def resolve_edit(
@@ -593,15 +585,7 @@ def resolve_edit(
             size = profile.default_size
     else:
         size = requested
-    return _common(
-        profile,
-        "edit",
-        req,
-        prompt=req.prompt,
-        size=size,
-        requested_size=requested,
-        loras=_loras(lookup, req),
-    )
+    return _common(lookup, profile, "edit", req, prompt=req.prompt, size=size, requested_size=requested)
 
 
 def _free_auto_size(profile: ModelProfile, input_size: tuple[int, int]) -> str:

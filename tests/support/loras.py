@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _config(peft: Any, rank: int, targets: list[str]) -> Any:
+    """Random A and B (init_lora_weights=False): an adapter with an effect."""
+    return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
+
+
 def make_lora(
     pipeline_dir: Path,
     out: Path,
@@ -34,25 +39,12 @@ def make_lora(
     name = "unet" if hasattr(pipe, "unet") else "transformer"
     if denoiser:
         module = getattr(pipe, name)
-        module.add_adapter(
-            peft.LoraConfig(
-                r=rank,
-                lora_alpha=rank,
-                target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                init_lora_weights=False,
-            )
-        )
+        module.add_adapter(_config(peft, rank, ["to_q", "to_k", "to_v", "to_out.0"]))
         layers[f"{name}_lora_layers"] = peft.utils.get_peft_model_state_dict(module)
     if text_encoder:
         # peft's own injection: transformers' add_adapter asks for a newer peft than diffusers does.
         peft.inject_adapter_in_model(
-            peft.LoraConfig(
-                r=rank,
-                lora_alpha=rank,
-                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                init_lora_weights=False,
-            ),
-            pipe.text_encoder,
+            _config(peft, rank, ["q_proj", "k_proj", "v_proj", "out_proj"]), pipe.text_encoder
         )
         layers["text_encoder_lora_layers"] = peft.utils.get_peft_model_state_dict(pipe.text_encoder)
     with tempfile.TemporaryDirectory() as tmp:

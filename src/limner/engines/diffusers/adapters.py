@@ -127,10 +127,6 @@ class AdapterCatalogue:
             except AdapterMismatch as exc:
                 raise ValueError(f"model '{model_name}': adapter loras.{name}: {exc}") from exc
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.options.loras) or self.options.lora_dir is not None
-
     def names(self) -> list[str]:
         """Every adapter a request may name: the configured ones, then those of `lora_dir` that fit
         (each file checked once, again when it changes)."""
@@ -169,8 +165,6 @@ class AdapterCatalogue:
         dropped (they are the base model), at most `max_loras`."""
         if not wanted:
             return ()
-        if not self.enabled:
-            raise InvalidValue(f"Model '{self.model_name}' takes no LoRA adapters.", param="lora")
         if len(wanted) > self.options.max_loras:
             raise InvalidValue(
                 f"Model '{self.model_name}' combines at most {self.options.max_loras} adapters per "
@@ -281,10 +275,6 @@ class AdapterSlots:
         with self._cond:
             self._loaded.clear()
             self._active = ()
-
-    def loaded(self) -> list[str]:
-        with self._cond:
-            return list(self._loaded)
 
     def on_text_encoders(self) -> AdapterSet:
         """The adapters in force that change what the text encoders output (a prompt cache's key)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -156,8 +155,6 @@ class PromptCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        #: Seconds the encoders ran (misses), for the share of a request spent encoding.
-        self.encode_seconds = 0.0
 
     def install(self, pipe: Any, prefix: str = "") -> list[str]:
         """Wrap the forward of each text encoder of `pipe` (keys start with `prefix`: pipelines with
@@ -201,11 +198,10 @@ class PromptCache:
             return kept[0]
         return None
 
-    def _keep(self, digest: bytes, output: Any, torch: Any, seconds: float) -> None:
+    def _keep(self, digest: bytes, output: Any, torch: Any) -> None:
         size = _nbytes(output, torch)
         with self._lock:
             self.misses += 1
-            self.encode_seconds += seconds
             if size is not None and size <= self.max_bytes and digest not in self._kept:
                 self._kept[digest] = (_copy(output, torch), size)
                 self.bytes += size
@@ -222,9 +218,8 @@ class PromptCache:
             kept = self._find(digest)
         if kept is not None:
             return _copy(kept, torch)
-        started = time.perf_counter()
         output = forward(*args, **kwargs)
-        self._keep(digest, output, torch, time.perf_counter() - started)
+        self._keep(digest, output, torch)
         return output
 
     def _by_row(
@@ -243,14 +238,12 @@ class PromptCache:
         missing = [row for row, kept in enumerate(found) if kept is None]
         if missing:
             sub_args, sub_kwargs = _rows((list(args), kwargs), missing, torch)
-            started = time.perf_counter()
             output = forward(*sub_args, **sub_kwargs)
-            seconds = time.perf_counter() - started
             pieces = _split(output, len(missing), torch)
             if pieces is None:
                 return output if len(missing) == rows else forward(*args, **kwargs)
             for row, piece in zip(missing, pieces, strict=True):
-                self._keep(digests[row], piece, torch, seconds / len(missing))
+                self._keep(digests[row], piece, torch)
                 found[row] = piece
         return _join(found, torch)
 

@@ -108,15 +108,21 @@ def measure(pipes: Iterable[Any], device: str) -> int:
     """The bytes of the parameters and buffers of every module of these pipelines that live on
     `device` (each storage once)."""
     torch = _module("torch")
+    modules = [
+        c for p in pipes for c in getattr(p, "components", {}).values() if isinstance(c, torch.nn.Module)
+    ]
+    return measure_modules(modules, device)
+
+
+def measure_modules(modules: Iterable[Any], device: str) -> int:
+    """The bytes of these torch modules' parameters and buffers on `device` (each storage once)."""
+    torch = _module("torch")
     want = torch.device(device)
     seen: set[tuple[str, int]] = set()
     total = 0
-    for pipe in pipes:
-        for component in getattr(pipe, "components", {}).values():
-            if not isinstance(component, torch.nn.Module):
-                continue
-            for tensor in (*component.parameters(), *component.buffers()):
-                total += _tensor_bytes(tensor, torch, want, seen)
+    for module in modules:
+        for tensor in (*module.parameters(), *module.buffers()):
+            total += _tensor_bytes(tensor, torch, want, seen)
     return total
 
 
