@@ -6,7 +6,9 @@ can, refused at start-up (naming the option) where they cannot, and never leaked
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from limner.engines.jobs import GenerateJob
 from limner.server.app import create_app
 from limner.server.settings import ModelConfig, Settings
 
@@ -196,43 +199,55 @@ def test_precision_options_the_device_cannot_honour_stop_the_start_up(
     assert says in str(refused.value)
 
 
-def test_a_compiled_model_is_warmed_up_at_load_and_draws_the_plain_image(
+def test_a_compiled_model_is_warmed_up_at_load_draws_the_plain_image_and_swaps_adapters(
     family_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """One tiny model compiled (CPU inductor: about a minute cold), as the issue asks of CI."""
+    """One tiny model compiled (CPU inductor: about a minute cold), as the issue asks of CI, with two
+    adapters (ranks 4 and 2) swapped into its slots: each request equals the uncompiled model's."""
     import torch._dynamo
 
-    flux = str(family_dirs["flux"])
+    from tests.support.loras import make_lora
+
+    flux = family_dirs["flux"]
+    style = make_lora(flux, tmp_path / "style.safetensors", seed=1)
+    make_lora(flux, tmp_path / "loras" / "small.safetensors", seed=2, rank=2, targets=("to_q", "to_k"))
+    adapters = {"loras": {"style": str(style)}, "lora_dir": str(tmp_path / "loras"), "max_loras": 2}
     with _serve(
         tmp_path,
-        {"compiled": {"source": flux, "compile": True, "sizes": ["64x64"]}, "plain": {"source": flux}},
+        {
+            "compiled": {"source": str(flux), "compile": True, "sizes": ["64x64"], **adapters},
+            "plain": {"source": str(flux), **adapters},
+        },
     ) as client:
-        compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        assert compiled_graphs > 0  # compiled while loading, before serving
-        compiled = _draw(client, "compiled")
-        assert (
-            torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_graphs
-        )  # nothing compiled in a request
-        plain = _draw(client, "plain")
-    assert int(np.abs(compiled - plain).max()) <= 1  # lossless: float noise at most
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert graphs > 0  # compiled while loading, before serving
+        asks: list[dict[str, Any]] = [
+            {},
+            {"lora": ["style"]},
+            {"lora": {"style": 0.5}},
+            {"lora": ["small"]},
+            {"lora": ["small", "style"]},
+            {},
+        ]
+        compiled = [_draw(client, "compiled", **ask) for ask in asks]
+        # Nothing compiled in a request, adapters swapped and rescaled included.
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        plain = [_draw(client, "plain", **ask) for ask in asks]
+    for ask, got, want in zip(asks, compiled, plain, strict=True):
+        assert int(np.abs(got - want).max()) <= 1, ask  # lossless: float noise at most
+    assert int(np.abs(compiled[1] - compiled[0]).max()) > 8  # the adapter changes the image
+    assert np.array_equal(compiled[5], compiled[0])  # the slots at zero: the base model's pixels
     assert (tmp_path / "compile-cache").is_dir() or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
 def test_compile_refuses_what_it_cannot_work_with(
-    tiny_text2image_dir: Path, family_dirs: dict[str, Path]
+    tiny_text2image_dir: Path, family_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     from limner.engines.diffusers import create_engine
+    from limner.errors import InvalidValue
+    from tests.support.loras import make_lora
 
-    with pytest.raises(ValueError, match=r"'compile'.*LoRA"):
-        create_engine(
-            "m",
-            {
-                "source": str(tiny_text2image_dir),
-                "device": "cpu",
-                "compile": True,
-                "lora_dir": str(tiny_text2image_dir),
-            },
-        )
+    sd = str(tiny_text2image_dir)
     with pytest.raises(ValueError, match=r"'compile'.*step_cache"):
         create_engine(
             "m",
@@ -244,7 +259,37 @@ def test_compile_refuses_what_it_cannot_work_with(
             },
         )
     with pytest.raises(ValueError, match="'compile'"):
-        create_engine("m", {"source": str(tiny_text2image_dir), "device": "cpu", "compile": "yes"})
+        create_engine("m", {"source": sd, "device": "cpu", "compile": "yes"})
+    # Adapters: the slots are shaped at start-up, by the adapters of the denoiser found then.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"'compile'.*at least one adapter"):
+        create_engine(
+            "m", {"source": sd, "device": "cpu", "compile": True, "lora_dir": str(tmp_path / "empty")}
+        )
+    words = make_lora(tiny_text2image_dir, tmp_path / "words.safetensors", seed=3, text_encoder=True)
+    with pytest.raises(ValueError, match=r"'loras.words'.*text encoder"):
+        create_engine("m", {"source": sd, "device": "cpu", "compile": True, "loras": {"words": str(words)}})
+    style = make_lora(tiny_text2image_dir, tmp_path / "style.safetensors", seed=1, targets=("to_q",))
+    dir_ = tmp_path / "dir"
+    make_lora(tiny_text2image_dir, dir_ / "deep.safetensors", seed=4, rank=8, targets=("to_q",))
+    table: dict[str, Any] = {"source": sd, "device": "cpu", "compile": True, "loras": {"style": str(style)}}
+    engine = create_engine("m", {**table, "lora_dir": str(dir_), "lora_rank": 4})
+    # Added after the start-up, on a module the slots do not cover.
+    make_lora(tiny_text2image_dir, dir_ / "wide.safetensors", seed=2, targets=("to_q", "to_v"))
+    assert engine.adapters() == ["style"]  # neither adapter of the folder fits the slots
+    with pytest.raises(InvalidValue, match="do not cover") as outside:
+        engine.check(GenerateJob(prompt="p", width=64, height=64, loras=(("wide", None),)))
+    with pytest.raises(InvalidValue, match="rank 8 is above") as deeper:
+        engine.check(GenerateJob(prompt="p", width=64, height=64, loras=(("deep", None),)))
+    assert outside.value.param == deeper.value.param == "lora"
+    # Without lora_rank the slots take the largest rank found at start-up: the deep adapter fits.
+    assert "deep" in create_engine("m", {**table, "lora_dir": str(dir_)}).adapters()
+    with pytest.raises(ValueError, match=r"'lora_rank'.*below the rank 4 of adapter 'style'"):
+        create_engine("m", {**table, "lora_rank": 2})
+    with pytest.raises(ValueError, match=r"'lora_rank'.*compile"):
+        create_engine("m", {**table, "compile": False, "lora_rank": 8})
+    with pytest.raises(ValueError, match="'max_loaded_loras'"):
+        create_engine("m", {**table, "max_loaded_loras": 2})
 
 
 # One family per latent layout the callback hands over: spatial (SD; SD3, Z-Image and SANA too), FLUX.1's
@@ -342,3 +387,15 @@ def test_the_prompt_cache_serves_a_batch_row_by_row(tiny_text2image_dir: Path) -
     assert after["prompt_cache_misses"] - before["prompt_cache_misses"] >= 1
     for a, b in zip(with_cache, without, strict=True):
         assert int(np.abs(a - b).max()) <= 2  # a row encoded alone against in a batch: float noise
+    # Unloading frees the weights by reference counting: the cache's wrappers hold no cycle through
+    # the text encoders (a model swap would otherwise wait for a garbage collection).
+    encoder = weakref.ref(cached._loaded.base.text_encoder)
+    collections = []
+    gc.disable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(gc, "collect", lambda *args: collections.append(args) or 0)
+            cached.close()
+        assert encoder() is None and not collections
+    finally:
+        gc.enable()

@@ -28,6 +28,7 @@ def make_lora(
     rank: int = 4,
     text_encoder: bool = False,
     denoiser: bool = True,
+    targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
 ) -> Path:
     import peft
     import torch
@@ -39,7 +40,7 @@ def make_lora(
     name = "unet" if hasattr(pipe, "unet") else "transformer"
     if denoiser:
         module = getattr(pipe, name)
-        module.add_adapter(_config(peft, rank, ["to_q", "to_k", "to_v", "to_out.0"]))
+        module.add_adapter(_config(peft, rank, list(targets)))
         layers[f"{name}_lora_layers"] = peft.utils.get_peft_model_state_dict(module)
     if text_encoder:
         # peft's own injection: transformers' add_adapter asks for a newer peft than diffusers does.

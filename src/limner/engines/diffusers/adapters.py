@@ -25,11 +25,12 @@ the engine's worker, between pipeline calls only.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,10 @@ class Adapter:
     configured: bool
     #: The pipeline components it adapts ("unet", "transformer", "text_encoder"...).
     components: frozenset[str] = frozenset()
+    #: Its largest rank, and each adapted module ("component.module") with the elements of one rank of
+    #: its down and up matrices (what a compiled model's adapter slots are shaped by: hotswap.py).
+    rank: int = 0
+    modules: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def on_text_encoder(self) -> bool:
@@ -88,6 +93,13 @@ def _adapter_file(source: str) -> str:
     if len(found) != 1:
         raise AdapterMismatch(f"'{source}' should hold one .safetensors file; it holds {len(found)}")
     return str(found[0])
+
+
+def _per_rank(shape: tuple[int, ...] | None, rank_axis: int) -> int:
+    """The elements of one rank of a LoRA matrix: down is (rank, in, ...), up is (out, rank, ...)."""
+    if shape is None:
+        return 0
+    return math.prod(shape[:rank_axis] + shape[rank_axis + 1 :])
 
 
 def _component_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -120,6 +132,8 @@ class AdapterCatalogue:
         self._lock = threading.Lock()
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         self._found: dict[str, tuple[tuple[float, int], Adapter | AdapterMismatch]] = {}
+        #: With compile: refuses (AdapterMismatch) an adapter the compiled slots cannot hold (hotswap.py).
+        self.fits_slots: Callable[[Adapter], None] | None = None
         self.configured: dict[str, Adapter] = {}
         for name, (source, scale) in options.loras.items():
             try:
@@ -130,9 +144,9 @@ class AdapterCatalogue:
     def names(self) -> list[str]:
         """Every adapter a request may name: the configured ones, then those of `lora_dir` that fit
         (each file checked once, again when it changes)."""
-        return list(self.configured) + [n for n in self._dir_names() if isinstance(self._lookup(n), Adapter)]
+        return list(self.configured) + [n for n in self.dir_names() if isinstance(self.lookup(n), Adapter)]
 
-    def _dir_names(self) -> list[str]:
+    def dir_names(self) -> list[str]:
         if self.options.lora_dir is None:
             return []
         stems = (p.stem for p in sorted(Path(self.options.lora_dir).glob("*.safetensors")))
@@ -145,7 +159,7 @@ class AdapterCatalogue:
         """Bytes set aside for loaded adapters: the `max_loaded_loras` largest known at start-up (the
         files' headers only: `lora_dir`'s adapters are checked when first asked for)."""
         sizes = [a.bytes for a in self.configured.values()]
-        for name in self._dir_names():
+        for name in self.dir_names():
             path = self._dir_file(name)
             if path is not None:
                 sizes.append(tensor_bytes(path, self.itemsize))
@@ -153,7 +167,7 @@ class AdapterCatalogue:
 
     def get(self, name: str) -> Adapter:
         """The adapter called `name`; a 400 naming `lora` when there is none, or it does not fit."""
-        found = self._lookup(name)
+        found = self.lookup(name)
         if isinstance(found, AdapterMismatch):
             raise InvalidValue(
                 f"Adapter '{name}' does not fit model '{self.model_name}': {found}", param="lora"
@@ -174,9 +188,7 @@ class AdapterCatalogue:
         resolved: dict[str, float] = {}
         for name, scale in wanted:
             if not self.has(name):
-                known = (
-                    ", ".join(f"'{n}'" for n in (list(self.configured) + self._dir_names())[:20]) or "none"
-                )
+                known = ", ".join(f"'{n}'" for n in (list(self.configured) + self.dir_names())[:20]) or "none"
                 raise InvalidValue(
                     f"Model '{self.model_name}' has no adapter '{name}'. Its adapters: {known}.", param="lora"
                 )
@@ -192,7 +204,17 @@ class AdapterCatalogue:
         path = os.path.join(self.options.lora_dir, f"{name}.safetensors")
         return path if os.path.isfile(path) else None
 
-    def _lookup(self, name: str) -> Adapter | AdapterMismatch:
+    def lookup(self, name: str) -> Adapter | AdapterMismatch:
+        """The adapter called `name`, or why it cannot be used."""
+        found = self._checked(name)
+        if isinstance(found, Adapter) and self.fits_slots is not None:
+            try:
+                self.fits_slots(found)
+            except AdapterMismatch as exc:
+                return exc
+        return found
+
+    def _checked(self, name: str) -> Adapter | AdapterMismatch:
         if name in self.configured:
             return self.configured[name]
         path = self._dir_file(name)
@@ -255,7 +277,14 @@ class AdapterCatalogue:
                         f"weight of {weight})"
                     )
         components = frozenset(component for component, _ in modules)
-        return Adapter(name, path, scale, tensor_bytes(path, self.itemsize), configured, components)
+        layers = tuple(
+            (f"{component}.{module}", _per_rank(parts.get("down"), 1), _per_rank(parts.get("up"), 0))
+            for (component, module), parts in sorted(modules.items())
+        )
+        rank = max((parts["down"][0] for parts in modules.values() if "down" in parts), default=0)
+        return Adapter(
+            name, path, scale, tensor_bytes(path, self.itemsize), configured, components, rank, layers
+        )
 
 
 class AdapterSlots:

@@ -12,9 +12,11 @@
   server points it into its data dir), so a restart loads them instead of compiling again (the tiny
   FLUX.1 pipeline on 2 CPU cores: 55 s cold, 16 s warm).
 
-Refused at start-up: with LoRA adapters (compiled modules and adapters need diffusers' hotswap, enabled
-before the first adapter and before compiling, which limner does not wire yet) and with a step cache
-(its hooks run Python between the compiled blocks' calls, which the compiled graph does not expect).
+With LoRA adapters, the denoiser gets fixed adapter slots before it is compiled and adapters are
+swapped into them in place (hotswap.py): switching adapters never compiles again.
+
+Refused at start-up with a step cache (its hooks run Python between the compiled blocks' calls, which
+the compiled graph does not expect) and with offload (weights that move defeat the compiled graph).
 """
 
 from __future__ import annotations
@@ -30,12 +32,6 @@ logger = logging.getLogger("limner.engines.diffusers")
 def check_compile(value: Any, options: DiffusersOptions) -> bool:
     if not isinstance(value, bool):
         raise option_error("compile", f"expected true or false, got {value!r}")
-    if value and (options.loras or options.lora_dir):
-        raise option_error(
-            "compile",
-            "cannot be combined with LoRA adapters yet: switching adapters under compiled modules needs "
-            "diffusers' hotswap, which limner does not wire",
-        )
     if value and options.step_cache is not None:
         raise option_error(
             "compile", "cannot be combined with step_cache (its hooks break the compiled graph)"

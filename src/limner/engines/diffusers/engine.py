@@ -85,6 +85,7 @@ from limner.engines.diffusers.calls import Calls, _Entry
 from limner.engines.diffusers.capabilities import Checks, _check_options_apply
 from limner.engines.diffusers.compiling import check_compile, compile_denoiser, warm_up_sizes
 from limner.engines.diffusers.fitted_preview import PreviewFit, fit_preview
+from limner.engines.diffusers.hotswap import HotswapSlots, slot_layout
 from limner.engines.diffusers.loading import (
     Loader,
     _check_source,
@@ -150,6 +151,13 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         _check_options_apply(options, engine.caps)
     elif parsed.loras or parsed.lora_dir:
         raise option_error("loras", "the checkpoint's pipeline class is unknown: no adapters can be checked")
+    check_compile(parsed.compile, parsed)
+    if parsed.lora_rank is not None and not parsed.compile:
+        raise option_error("lora_rank", "shapes a compiled model's adapter slots: it needs compile = true")
+    if parsed.compile and "max_loaded_loras" in options:
+        raise option_error(
+            "max_loaded_loras", "a compiled model holds max_loras adapters, in slots made before compiling"
+        )
     engine.attach_adapters()
     if parsed.attention is not None:
         engine.attention = check_attention(model_name, parsed.attention, engine._folder, device)
@@ -157,7 +165,6 @@ def create_engine(model_name: str, options: Mapping[str, Any]) -> DiffusersEngin
         engine.model.quantize = check_quantize(model_name, parsed.quantize, engine._folder)
     if parsed.offload is not None:
         engine.model.offload = check_offload(model_name, parsed.offload, device)
-    check_compile(parsed.compile, parsed)
     if parsed.compile and parsed.offload is not None:
         raise option_error(
             "compile", "cannot be combined with offload (weights that move defeat the compiled graph)"
@@ -210,6 +217,13 @@ class DiffusersEngine(EngineBase, ModelView):
         cls = getattr(_module("diffusers"), self.caps.pipeline)
         itemsize = int(_module("torch").empty(0, dtype=self.dtype).element_size())
         self.catalogue = AdapterCatalogue(self.model_name, self.options, cls, self._folder, itemsize)
+        if self.options.compile:
+            # Adapters under a compiled denoiser: fixed slots, adapters swapped in (hotswap.py).
+            denoiser = next(m for m in cls._lora_loadable_modules if not m.startswith("text_encoder"))
+            layout = slot_layout(self.catalogue, denoiser)
+            self.catalogue.fits_slots = layout.check
+            self.slots = HotswapSlots(self.catalogue, layout, itemsize)
+            return
         self.slots = AdapterSlots(
             self.catalogue, max_loaded=self.options.max_loaded_loras, reserve=self.catalogue.reserve()
         )
@@ -272,6 +286,8 @@ class DiffusersEngine(EngineBase, ModelView):
                     self.model.preview_fit = self._fit_preview(loaded)
                 if self.options.compile:
                     try:
+                        if isinstance(self.slots, HotswapSlots):
+                            self.slots.prepare(pipes)
                         how = compile_denoiser(loaded.base, dynamic=self.options.sizes is None)
                         self._warm_up(loaded, how)
                     except Exception as exc:  # no compiler, an unsupported graph: the log has it

@@ -54,6 +54,7 @@ _KNOWN_OPTIONS = frozenset(
         "lora_dir",
         "max_loras",
         "max_loaded_loras",
+        "lora_rank",
         "attention",
         "prompt_cache_mb",
         "step_cache",
@@ -108,6 +109,9 @@ class DiffusersOptions:
     max_loras: int = 4
     #: Adapters kept loaded in the pipeline (least recently used unloaded first).
     max_loaded_loras: int = 8
+    #: With compile: the rank of the compiled adapter slots (None: the largest rank of the adapters
+    #: found at start-up), so that adapters added to `lora_dir` later may have a higher one.
+    lora_rank: int | None = None
     #: The denoiser's attention backend (diffusers' name, or sdpa / math); None: diffusers' default.
     attention: str | None = None
     #: The text encoders' outputs kept for repeated prompts, in MiB (0: off).
@@ -190,6 +194,9 @@ def _lora_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "lora_dir": lora_dir,
         "max_loras": _int("max_loras", options.get("max_loras", 4), 1, 16),
         "max_loaded_loras": _int("max_loaded_loras", options.get("max_loaded_loras", 8), 1, 256),
+        "lora_rank": None
+        if options.get("lora_rank") is None
+        else _int("lora_rank", options["lora_rank"], 1, 1024),
     }
 
 

@@ -18,7 +18,9 @@ transfer); their bytes count against `prompt_cache_mb`, least recently used out 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -144,6 +146,13 @@ def _nbytes(value: Any, torch: Any) -> int | None:
     return total
 
 
+def _weak_forward(bound: Callable[..., Any]) -> Callable[[], Callable[..., Any] | None]:
+    """A module's forward, held without holding the module (when it is a bound method)."""
+    if inspect.ismethod(bound):
+        return weakref.WeakMethod(bound)
+    return lambda: bound  # a hook put a plain function there: no cycle through the module
+
+
 class PromptCache:
     """An LRU of text-encoder outputs, bounded in bytes, shared by the threads that run the model."""
 
@@ -174,8 +183,15 @@ class PromptCache:
             self._kept.clear()
             self.bytes = 0
 
-    def _wrap(self, name: str, forward: Callable[..., Any], torch: Any) -> Callable[..., Any]:
+    def _wrap(self, name: str, bound: Callable[..., Any], torch: Any) -> Callable[..., Any]:
+        # The wrapper lives on the module: a strong reference to the module's bound forward would be a
+        # cycle, and an unloaded model would wait for a garbage collection (~0.25 s) to free it.
+        weak = _weak_forward(bound)
+        del bound
+
         def cached_forward(*args: Any, **kwargs: Any) -> Any:
+            forward = weak()
+            assert forward is not None  # the module calls it: it is alive
             rows = _batch_rows((args, kwargs), torch)
             if rows is not None and rows > 1:
                 joined = self._by_row(name, forward, torch, args, kwargs, rows)
