@@ -55,8 +55,17 @@ def _unread(value: Any) -> bool:
 def _copy(value: Any, torch: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.clone()
-    if isinstance(value, dict):  # transformers' ModelOutput is a dict too: rebuilt as itself
-        return type(value)(**{k: _copy(v, torch) for k, v in value.items() if not _unread(v)})
+    if isinstance(value, dict):
+        items = {k: _copy(v, torch) for k, v in value.items() if not _unread(v)}
+        if isinstance(value, _module("transformers.utils.generic").ModelOutput):
+            # Its constructor's checks cost four times the copy of a small output (a cache hit's
+            # whole cost): an empty one, filled through __setitem__, which sets the attributes too.
+            kind: Any = type(value)
+            copied = kind.__new__(kind)
+            for key, item in items.items():
+                copied[key] = item
+            return copied
+        return type(value)(**items)
     if isinstance(value, tuple | list):
         return type(value)(_copy(v, torch) for v in value)
     return value
