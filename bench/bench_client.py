@@ -1,14 +1,15 @@
 """limner.client against the official `openai` package, on the same real `limner serve`, in one run.
 
-    .venv/bin/python -m bench.bench_client [--requests 60] [--rounds 3]
+    .venv/bin/python -m bench.bench_client [--requests 60] [--rounds 6]
 
 Measures, for small images (dall-e-2, 256x256, b64_json):
   * requests/s at concurrency 1 and 8: sync clients driven by threads, async clients by asyncio;
   * the client process's CPU time per request (the server runs in another process, so this is the
     client's own cost, which the server's speed does not hide);
 and peak traced memory (tracemalloc) while receiving one response with ten 1024x1024 images.
-Each figure is the best of --rounds, the two clients measured alternately; ratios are limner / openai
-(above 1 is better for throughput, below 1 is better for CPU and memory).
+The two clients run back to back in each of --rounds rounds (which goes first alternates); a figure
+is the median over the rounds, and the throughput ratio the median of the rounds' own ratios, limner /
+openai (above 1 is better for throughput, below 1 is better for CPU and memory).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import statistics
 import tempfile
 import time
 import tracemalloc
@@ -73,7 +75,7 @@ def peak_memory(call: Callable[[], Any]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "data") as server:
@@ -85,25 +87,33 @@ def main() -> None:
             "limner": lambda: limner_sync.create_image(**SMALL),
             "openai": lambda: openai_sync.images.generate(**SMALL),
         }
-        results: dict[tuple[str, str, int], tuple[float, float]] = {}
-
-        def record(key: tuple[str, str, int], figures: tuple[float, float]) -> None:
-            best = results.get(key)
-            if best is None or figures[0] > best[0]:
-                results[key] = figures
+        samples: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+        ratios: dict[tuple[str, int], list[float]] = {}
 
         for call in sync_calls.values():
             call()  # warm up each client once
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
+            # The two clients back to back, in turns (the one that goes first alternates): each round's
+            # ratio compares runs a second apart, so the machine's slower moments hit both.
+            order = ("limner", "openai") if round_ % 2 == 0 else ("openai", "limner")
             for concurrency in (1, 8):
-                for name, call in sync_calls.items():
-                    record(("sync", name, concurrency), run_threads(call, args.requests, concurrency))
-                for name in ("limner", "openai"):
-                    record(("async", name, concurrency), async_round(name, base, args.requests, concurrency))
+                for mode in ("sync", "async"):
+                    for name in order:
+                        figures = (
+                            run_threads(sync_calls[name], args.requests, concurrency)
+                            if mode == "sync"
+                            else async_round(name, base, args.requests, concurrency)
+                        )
+                        samples.setdefault((mode, name, concurrency), []).append(figures)
+                    pair = [samples[(mode, n, concurrency)][-1][0] for n in ("limner", "openai")]
+                    ratios.setdefault((mode, concurrency), []).append(pair[0] / pair[1])
+
+        def median(mode: str, name: str, concurrency: int, index: int) -> float:
+            return statistics.median(s[index] for s in samples[(mode, name, concurrency)])
 
         print(
             f"limner.client vs openai {openai.__version__}; server: limner serve (sketch engine), "
-            f"{args.requests} requests x best of {args.rounds}"
+            f"{args.requests} requests x {args.rounds} alternating rounds (medians)"
         )
         print("small images (dall-e-2 256x256 b64_json):")
         print(
@@ -112,12 +122,11 @@ def main() -> None:
         )
         for mode in ("sync", "async"):
             for concurrency in (1, 8):
-                (lr, lc), (orr, oc) = (
-                    results[(mode, "limner", concurrency)],
-                    results[(mode, "openai", concurrency)],
-                )
+                lr, orr = (median(mode, n, concurrency, 0) for n in ("limner", "openai"))
+                lc, oc = (median(mode, n, concurrency, 1) for n in ("limner", "openai"))
+                ratio = statistics.median(ratios[(mode, concurrency)])
                 print(
-                    f"  {mode:6} {concurrency:>4} {lr:>13.1f} {orr:>13.1f} {lr / orr:>6.2f}"
+                    f"  {mode:6} {concurrency:>4} {lr:>13.1f} {orr:>13.1f} {ratio:>6.2f}"
                     f"  {lc:>17.2f} {oc:>17.2f} {lc / oc:>6.2f}"
                 )
 

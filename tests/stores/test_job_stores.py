@@ -141,3 +141,36 @@ def test_an_older_sqlite_file_is_converted_to_incremental_vacuum(tmp_path: Path)
     SqliteJobStore(path)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+
+
+def test_a_batch_is_one_transaction_where_a_taken_key_fails_alone(store: JobStore) -> None:
+    store.insert(record("first", key="taken"))
+    with store.batch():
+        store.insert(record("b1", mode="sync"))
+        with pytest.raises(KeyTaken):
+            store.insert(record("b2", key="taken", mode="sync"))
+        store.end("b1", "completed", ttl=60, result={"data": [1]}, status_code=200)
+        store.insert(record("b3", mode="sync"))
+    assert store.get("b2") is None
+    ended, third = store.get("b1"), store.get("b3")
+    assert ended is not None and ended.status == "completed" and third is not None
+    with pytest.raises(RuntimeError), store.batch():  # an error out of the batch: none of it is kept
+        store.insert(record("b4", mode="sync"))
+        raise RuntimeError("the writer failed")
+    assert store.get("b4") is None
+    with pytest.raises(RuntimeError, match="durable"), store.batch():
+        store.insert(record("b5"))  # an asynchronous job's insert must sync: its batch must be durable
+    with store.batch(durable=True):
+        store.insert(record("b5"))
+    assert store.get("b5") is not None
+
+
+def test_images_given_with_a_result_are_stored_without_decoding_its_base64(store: JobStore) -> None:
+    import base64
+
+    png = b"\x89PNG raw bytes"
+    result = {"response": {"created": 1, "data": [{"b64_json": base64.b64encode(png).decode()}]}}
+    store.insert(record("img", mode="sync"))
+    store.end("img", "completed", ttl=60, result=result, status_code=200, images=[png])
+    got = store.get("img")
+    assert got is not None and got.result == result

@@ -42,6 +42,7 @@ from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
 from limner.server.serving.run import Run
 from limner.server.serving.runners import RunnerLock
 from limner.server.serving.work import Work, client_of, link_base
+from limner.server.serving.writes import JobWrites
 from limner.stores.jobs import ENDED, JobRecord, JobStore, KeyTaken, Lease
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class Live:
     counted: bool = False
     #: Another replica took the job over (this one stopped renewing in time): its run stops, unrecorded.
     lost: bool = False
+    #: A completed job's images, in the order of its response's data (b64_json responses only).
+    images: list[bytes] | None = None
 
 
 class JobManager:
@@ -130,6 +133,8 @@ class JobManager:
         self.lease_seconds: float = settings.job_lease_seconds
         self.runner = RunnerLock(settings.data_dir / "runners")
         self._keeper: asyncio.Task[None] | None = None
+        #: The request path's writes: one thread, committed in groups (writes.py).
+        self._write = JobWrites(store)
 
     def stop(self) -> None:
         """The server is shutting down: jobs still queued or running stay so in the store, and the
@@ -137,6 +142,7 @@ class JobManager:
         self._stopping = True
         if self._keeper is not None:
             self._keeper.cancel()
+        self._write.close()
 
     async def release(self) -> None:
         """After stop(): give this runner's claims up, so that they are taken over at once."""
@@ -200,7 +206,7 @@ class JobManager:
                     attempts=0 if asynchronous else 1,
                 )
                 try:
-                    await asyncio.to_thread(self.store.insert, record)
+                    await self._write(self.store.insert, record, durable=asynchronous)
                 except KeyTaken:  # a retry, or a duplicate on another replica: the first job is the answer
                     existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
                     if existing is None:
@@ -211,7 +217,7 @@ class JobManager:
                     live = self._start(record, work, client_of(request), admitted=False)
                     live.counted = not asynchronous
                 except LimnerError:  # the queue is full: nothing was accepted
-                    await asyncio.to_thread(self.store.delete, record.id)
+                    await self._write(self.store.delete, record.id)
                     raise
         finally:
             self._claims.give_back(owner, key, claim)
@@ -266,9 +272,7 @@ class JobManager:
                 return
             record.status, record.attempts = "in_progress", record.attempts + 1
             live.start_write = asyncio.ensure_future(
-                asyncio.to_thread(
-                    self.store.update, record.id, status="in_progress", attempts=record.attempts
-                )
+                self._write(self.store.update, record.id, status="in_progress", attempts=record.attempts)
             )
             run.publish()
 
@@ -297,6 +301,8 @@ class JobManager:
                     metrics=state.metrics,
                 )
                 record.status, record.result = "completed", {"response": response, "completed": run.completed}
+                if work.resolved.response_format == "b64_json":
+                    live.images = run.encoded  # stored as they are: no decoding of the base64 again
                 record.status_code = 200
         except Exception:
             log.exception("job %s failed", record.id)
@@ -333,7 +339,7 @@ class JobManager:
         delay, deadline = 0.25, time.monotonic() + END_WRITE_SECONDS
         while True:
             try:
-                await self._end(record)
+                await self._end(record, live.images)
                 return
             except Exception as exc:  # the store's error (LimnerError) or anything a driver raises
                 live.answered.set()
@@ -348,7 +354,7 @@ class JobManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _end(self, record: JobRecord) -> None:
+    async def _end(self, record: JobRecord, images: list[bytes] | None = None) -> None:
         """Write the ended record. Only a final outcome (2xx, 4xx) stays its Idempotency-Key's answer:
         after a server error (5xx: storage, a database or an engine down for a while) the key is
         released, so a retry with it runs the request again, as Stripe's idempotency does; the failed
@@ -359,17 +365,19 @@ class JobManager:
         ttl = settings.url_ttl_seconds
         if record.mode == "sync":
             ttl = min(ttl, settings.idempotency_ttl_seconds)
-        await asyncio.to_thread(
+        await self._write(
             self.store.end,
             record.id,
             record.status,
+            waited=False,
             ttl=ttl,
             result=record.result if record.status == "completed" else None,
             error=record.error if record.status == "failed" else None,
             status_code=record.status_code if record.status != "cancelled" else None,
+            images=images if record.status == "completed" else None,
         )
         if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
-            await asyncio.to_thread(self.store.update, record.id, idempotency_key=None)
+            await self._write(self.store.update, record.id, idempotency_key=None)
 
     async def recover(self) -> int:
         """At start-up: run again every job that was queued or running when its runner stopped (this

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from limner.stores.jobs.base import ENDED, JobRecord, JobStore, KeyTaken, Lease
+from limner.stores.jobs.base import ENDED, BatchAborted, JobRecord, JobStore, KeyTaken, Lease
 from limner.stores.jobs.sqlite import SqliteJobStore
 
 
@@ -17,4 +17,13 @@ def open_job_store(data_dir: Path, url: str | None = None) -> JobStore:
     return SqliteJobStore(data_dir / "jobs.sqlite3")
 
 
-__all__ = ["ENDED", "JobRecord", "JobStore", "KeyTaken", "Lease", "SqliteJobStore", "open_job_store"]
+__all__ = [
+    "ENDED",
+    "BatchAborted",
+    "JobRecord",
+    "JobStore",
+    "KeyTaken",
+    "Lease",
+    "SqliteJobStore",
+    "open_job_store",
+]

@@ -15,8 +15,9 @@ import abc
 import base64
 import contextlib
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,10 @@ class Lease:
     cancel_requested: bool
 
 
+class BatchAborted(Exception):
+    """A write in a batch failed in a way that rolled back the whole batch (`JobStore.batch`)."""
+
+
 class KeyTaken(Exception):
     """Another request (on this replica or another) recorded a job with this Idempotency-Key first."""
 
@@ -82,18 +87,21 @@ COLUMNS = (
 ACTIVE = "status IN ('queued', 'in_progress')"
 
 
-def pack(result: Any) -> tuple[Any, bytes | None]:
+def pack(result: Any, raw: Sequence[bytes] | None = None) -> tuple[Any, bytes | None]:
     """A result to store: each image's base64 (`b64_json`) moved out of the JSON into one binary value
-    of the raw bytes, a quarter smaller than the base64 and not escaped by the JSON encoder."""
+    of the raw bytes, a quarter smaller than the base64 and not escaped by the JSON encoder. `raw`: the
+    images' bytes, in the order of the data, when the caller has them (no decoding then)."""
     data = result.get("response", {}).get("data") if isinstance(result, dict) else None
     if not isinstance(data, list) or not any(isinstance(i, dict) and "b64_json" in i for i in data):
         return result, None
+    given = iter(raw) if raw is not None and len(raw) == len(data) else None
     images, packed = bytearray(), []
     for item in data:
+        known = next(given) if given is not None else None
         if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
-            raw = base64.b64decode(item["b64_json"])
-            item = {**item, "b64_json": {"$image": [len(images), len(raw)]}}
-            images += raw
+            raw_image = known if known is not None else base64.b64decode(item["b64_json"])
+            item = {**item, "b64_json": {"$image": [len(images), len(raw_image)]}}
+            images += raw_image
         packed.append(item)
     return {**result, "response": {**result["response"], "data": packed}}, bytes(images)
 
@@ -131,6 +139,8 @@ class JobStore(abc.ABC):
     """Where durable jobs live: SQLite in the data dir, or PostgreSQL shared by replicas."""
 
     kind: str
+    #: Each thread's connection, and its open batch (`batch`).
+    _local: threading.local
     #: The backend driver's parameter placeholder ("?" for sqlite3, "%s" for psycopg).
     PLACEHOLDER: str
 
@@ -162,11 +172,53 @@ class JobStore(abc.ABC):
         return contextlib.nullcontext()
 
     def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = (), *, durable: bool = False) -> Any:
+        batch = getattr(self._local, "batch", None)
         try:
+            if batch is not None:
+                db, batch_durable = batch
+                if durable and not batch_durable:
+                    raise RuntimeError("a durable write in a batch that is not durable")
+                return self._in_batch(db, sql, args)
             with self._writing(), self._connect(durable) as db:
                 return db.execute(sql, args)
         except Exception as exc:
             raise self._failure(exc) or exc from exc
+
+    @contextlib.contextmanager
+    def batch(self, durable: bool = False) -> Iterator[None]:
+        """The writes this thread makes inside, as one transaction: one commit (one sync) for them all.
+        Each write runs in a savepoint of its own, so one that fails (a key taken) leaves the others.
+        `durable`: the commit reaches the disk before it returns (a write that needs it and comes in a
+        batch that is not is refused: SQLite sets the sync level before a transaction, never in one)."""
+        try:
+            with self._writing(), self._connect(durable) as db:
+                self._begin(db)
+                self._local.batch = (db, durable)
+                try:
+                    yield
+                finally:
+                    self._local.batch = None
+        except Exception as exc:
+            raise self._failure(exc) or exc from exc
+
+    def _in_batch(self, db: Any, sql: str, args: tuple[Any, ...] | list[Any]) -> Any:
+        db.execute("SAVEPOINT limner_write")
+        try:
+            cursor = db.execute(sql, args)
+        except Exception as exc:
+            try:
+                db.execute("ROLLBACK TO SAVEPOINT limner_write")
+                db.execute("RELEASE SAVEPOINT limner_write")
+            except Exception:
+                # The error took the whole transaction with it (SQLite rolls back on a full disk): the
+                # batch's other writes are gone too, and each must be made again on its own.
+                raise BatchAborted(exc) from exc
+            raise
+        db.execute("RELEASE SAVEPOINT limner_write")
+        return cursor
+
+    def _begin(self, db: Any) -> None:  # noqa: B027  (most drivers need nothing here)
+        """(a batch's connection) Open the transaction, where the driver leaves it to the first write."""
 
     def _rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -348,15 +400,16 @@ class JobStore(abc.ABC):
         result: Any = None,
         error: Any = None,
         status_code: int | None = None,
+        images: Sequence[bytes] | None = None,
     ) -> None:
-        """The job ended: keep its answer for `ttl` seconds (its images as raw bytes: `pack`); its inputs
-        are no longer needed."""
-        result, images = pack(result)
+        """The job ended: keep its answer for `ttl` seconds (its images as raw bytes: `pack`, from
+        `images` when given, the result's images in order); its inputs are no longer needed."""
+        result, images_blob = pack(result, images)
         self.update(
             job_id,
             status=status,
             result=result,
-            result_images=images,
+            result_images=images_blob,
             error=error,
             status_code=status_code,
             expires_at=int(time.time()) + ttl,

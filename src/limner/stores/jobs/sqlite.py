@@ -102,6 +102,11 @@ class SqliteJobStore(JobStore):
             # checkpoint, outside any transaction, moves the freed file's end back and empties the WAL.
             db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
 
+    def _begin(self, db: sqlite3.Connection) -> None:
+        # sqlite3 begins before a write, not before a SAVEPOINT (which outside a transaction would
+        # commit at its RELEASE): the batch's transaction is begun here.
+        db.execute("BEGIN")
+
     def _writing(self) -> threading.Lock:
         return self._write_lock
 

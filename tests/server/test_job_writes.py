@@ -1,0 +1,137 @@
+"""The request path's job-store writes, committed in groups on one thread (serving/writes.py): every
+caller gets its own write's answer, a group is one commit, and a group that cannot be committed is
+written again one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from limner.errors import JobStoreFull
+from limner.server.serving.writes import JobWrites
+from limner.stores.jobs import KeyTaken, SqliteJobStore
+from tests.stores.test_job_stores import record
+
+
+class CountingStore(SqliteJobStore):
+    """Counts the batches (commits of groups); `fail_batches` makes the next batches fail to commit."""
+
+    batches = 0
+    fail_batches = 0
+
+    @contextmanager
+    def batch(self, durable: bool = False) -> Iterator[None]:
+        self.batches += 1
+        with super().batch(durable):
+            yield
+            if self.fail_batches:
+                self.fail_batches -= 1
+                raise JobStoreFull("the commit failed")
+
+
+def test_concurrent_writes_share_commits_and_each_gets_its_own_answer(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "jobs.sqlite3")
+    store.insert(record("taken", key="k"))
+
+    async def main() -> list[object]:
+        writes = JobWrites(store)
+        calls = [writes(store.insert, record(f"j{i}", mode="sync")) for i in range(40)]
+        calls.append(writes(store.insert, record("dup", key="k", mode="sync")))
+        calls.append(writes(store.insert, record("async"), durable=True))
+        try:
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            writes.close()
+
+    outcomes = asyncio.run(main())
+    assert outcomes[:40] == [None] * 40 and outcomes[41] is None
+    assert isinstance(outcomes[40], KeyTaken)
+    assert all(store.get(f"j{i}") is not None for i in range(40)) and store.get("async") is not None
+    assert store.get("dup") is None
+    assert store.batches < 42  # grouped: fewer commits than writes
+
+
+def test_a_group_that_cannot_be_committed_is_written_one_by_one(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "jobs.sqlite3")
+
+    async def main() -> list[object]:
+        writes = JobWrites(store)
+        store.fail_batches = 1
+        try:
+            return await asyncio.gather(
+                *(writes(store.insert, record(f"j{i}", mode="sync")) for i in range(8)),
+                return_exceptions=True,
+            )
+        finally:
+            writes.close()
+
+    assert asyncio.run(main()) == [None] * 8
+    assert all(store.get(f"j{i}") is not None for i in range(8))
+
+
+def test_writes_after_close_start_the_thread_again(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        await writes(store.insert, record("a", mode="sync"))
+        writes.close()
+        await asyncio.wait_for(writes(store.insert, record("b", mode="sync")), timeout=30)
+        writes.close()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 30
+    while store.get("b") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.get("a") is not None and store.get("b") is not None
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_write_that_fails_alone_fails_only_its_caller(tmp_path: Path, count: int) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+    def broken() -> None:
+        raise ValueError("this write is broken")
+
+    async def main() -> list[object]:
+        writes = JobWrites(store)
+        others = [writes(store.insert, record(f"j{i}", mode="sync")) for i in range(count)]
+        try:
+            return await asyncio.gather(writes(broken), *others, return_exceptions=True)
+        finally:
+            writes.close()
+
+    outcomes = asyncio.run(main())
+    assert isinstance(outcomes[0], ValueError) and outcomes[1:] == [None] * count
+
+
+def test_a_full_disk_in_a_group_fails_only_the_write_that_needs_room(tmp_path: Path) -> None:
+    """SQLite rolls the whole transaction back when a write finds the file full: the group's other
+    writes are made again, alone, and succeed."""
+    from tests.server.test_job_store_faults import FillableJobStore
+
+    store = FillableJobStore(tmp_path / "jobs.sqlite3")
+    big = record("big", mode="sync")
+    big.body = b"x" * 200_000  # more than the file's free pages
+
+    async def main() -> list[object]:
+        writes = JobWrites(store)
+        store.full = True
+        try:
+            return await asyncio.gather(
+                writes(store.insert, record("small", mode="sync")),
+                writes(store.insert, big),
+                return_exceptions=True,
+            )
+        finally:
+            writes.close()
+
+    small, full = asyncio.run(main())
+    assert small is None and isinstance(full, JobStoreFull)
+    store.full = False
+    assert store.get("small") is not None and store.get("big") is None
