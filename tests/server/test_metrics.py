@@ -112,8 +112,18 @@ def test_json_logs_write_one_object_per_request(tmp_path: Path) -> None:
         response = httpx2.post(server.api_base + "/images/generations", json=body, timeout=120)
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]
+        # A request with an Idempotency-Key is a job: its record and headers say the same.
+        keyed = httpx2.post(
+            server.api_base + "/images/generations", json=body, headers={"idempotency-key": "k"}, timeout=120
+        )
+        assert keyed.status_code == 200 and int(keyed.headers["x-limner-batch-size"]) >= 1
+        assert int(keyed.headers["x-limner-queue-ms"]) >= 0
         deadline = time.monotonic() + 60  # the access record is written once the answer has gone
-        while not any("limner.access" in line and request_id in line for line in server.log().splitlines()):
+        wanted = (request_id, keyed.headers["x-request-id"])
+        while not all(
+            any("limner.access" in line and rid in line for line in server.log().splitlines())
+            for rid in wanted
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         lines = server.log().splitlines()
@@ -123,6 +133,8 @@ def test_json_logs_write_one_object_per_request(tmp_path: Path) -> None:
     assert access["route"] == ROUTE and access["model"] == "gpt-image-1" and access["status"] == 200
     assert access["n"] == 2 and access["size"] == "1024x1536"
     assert access["queue_ms"] >= 0 and access["run_ms"] >= 0 and access["key_id"] is None
+    (job,) = [r for r in records if r["logger"] == "limner.access" and r["request_id"] == wanted[1]]
+    assert job["queue_ms"] >= 0 and job["run_ms"] >= 0 and job["status"] == 200
 
 
 async def test_a_400_for_a_served_model_counts_under_that_model(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from limner.server.errors import server_error
 from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
 from limner.server.serving.fingerprints import Fingerprint, fingerprint
-from limner.server.serving.respond import STREAM_HEADERS, images_body, respond
+from limner.server.serving.respond import STREAM_HEADERS, images_body, note, respond
 from limner.server.serving.run import Run
 from limner.server.serving.runners import RunnerLock
 from limner.server.serving.work import Work, client_of, link_base
@@ -369,7 +369,6 @@ class JobManager:
             self.store.end,
             record.id,
             record.status,
-            waited=False,
             ttl=ttl,
             result=record.result if record.status == "completed" else None,
             error=record.error if record.status == "failed" else None,
@@ -529,7 +528,10 @@ class JobManager:
                     raise JobCancelled()
         finally:
             waiter.cancel()
-        return self._replay(record)
+        note(request, live.run)  # the access record's queue and run times, as for a plain request
+        response = self._replay(record)
+        response.headers.update(live.run.observed())
+        return response
 
     async def _stream(self, live: Live) -> AsyncIterator[bytes]:
         async for chunk in live.run.follow():

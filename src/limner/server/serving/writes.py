@@ -9,9 +9,9 @@ shared executor, those writes queued behind response encoding (and held it up), 
 and a commit of its own, and SQLite let one of them in at a time anyway: at concurrency 8 a key cost
 17 % of the server's throughput. Here one thread takes whatever is queued when it wakes, runs it in
 one transaction (`JobStore.batch`: a savepoint per write, so a write that fails, such as a key already
-taken, fails alone) and answers every caller of the group in one call to the event loop. A job's end,
-which nobody waits for, waits up to LINGER_SECONDS for company: fewer wake-ups of the thread, fewer
-commits. When the
+taken, fails alone) and answers every caller of the group in one call to the event loop. (A group
+never waits to fill: a job stays in memory until its end is written, and lingering kept ended jobs
+live, and their event replays different, for nothing measurable.) When the
 group cannot be committed (or an error rolled all of it back: SQLite on a full disk), each of its
 writes is made again on its own, so each caller gets its own write's answer.
 """
@@ -23,7 +23,6 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +33,7 @@ log = logging.getLogger("limner.jobs")
 #: The most writes one transaction takes (a longer queue is committed in several).
 GROUP = 64
 
-#: How long a group of writes nobody waits for (a job's end: its client has its answer) waits for more.
-LINGER_SECONDS = 0.02
-
-_Write = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any], bool, bool]
+_Write = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any], bool]
 
 
 class JobWrites:
@@ -48,15 +44,13 @@ class JobWrites:
         self._lock = threading.Lock()
 
     async def __call__(
-        self, call: Callable[..., Any], *args: Any, durable: bool = False, waited: bool = True, **kwargs: Any
+        self, call: Callable[..., Any], *args: Any, durable: bool = False, **kwargs: Any
     ) -> Any:
         """Run `call(*args, **kwargs)` (a method of the store) in the next group; its result.
-        `durable`: a write the store makes durable (an asynchronous job's insert): its group syncs.
-        `waited`: a request waits for it (a job's start); False: nobody does (a job's end, whose
-        client has its answer), and its group waits up to LINGER_SECONDS for more writes."""
+        `durable`: a write the store makes durable (an asynchronous job's insert): its group syncs."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._start()
-        self._queue.put((call, args, kwargs, future, durable, waited))
+        self._queue.put((call, args, kwargs, future, durable))
         return await future
 
     def close(self) -> None:
@@ -79,21 +73,15 @@ class JobWrites:
             if first is None:
                 return
             group = [first]
-            waited = first[5]
-            linger_until = time.monotonic() + LINGER_SECONDS
-            while len(group) < GROUP:
+            while len(group) < GROUP:  # what is queued now (nobody waits for a group to fill)
                 try:
-                    if waited:  # somebody waits: what is queued now, and go
-                        item = self._queue.get_nowait()
-                    else:
-                        item = self._queue.get(timeout=max(0.0, linger_until - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     self._queue.put(None)  # stop after this group
                     break
                 group.append(item)
-                waited = waited or item[5]
             self._write(group)
 
     def _write(self, group: list[_Write]) -> None:
@@ -119,7 +107,7 @@ class JobWrites:
     @staticmethod
     def _answer_all(group: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, _, _, future, _, _), (ok, value) in zip(group, outcomes, strict=True):
+        for (_, _, _, future, _), (ok, value) in zip(group, outcomes, strict=True):
             by_loop.setdefault(future.get_loop(), []).append((future, ok, value))
         for loop, answers in by_loop.items():  # one wake-up of each loop for its whole share
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
