@@ -12,17 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from limner.errors import JobStoreFull
+from limner.errors import JobStoreFull, JobStoreUnavailable
 from limner.server.serving.writes import JobWrites
 from limner.stores.jobs import KeyTaken, SqliteJobStore
 from tests.stores.test_job_stores import record
 
 
 class CountingStore(SqliteJobStore):
-    """Counts the batches (commits of groups); `fail_batches` makes the next batches fail to commit."""
+    """Counts the batches (commits of groups); `fail_batches` makes the next batches fail to commit
+    with `failure`."""
 
     batches = 0
     fail_batches = 0
+    failure: Exception = JobStoreFull("the group does not fit")
 
     @contextmanager
     def batch(self, durable: bool = False) -> Iterator[None]:
@@ -31,7 +33,7 @@ class CountingStore(SqliteJobStore):
             yield
             if self.fail_batches:
                 self.fail_batches -= 1
-                raise JobStoreFull("the commit failed")
+                raise self.failure
 
 
 def test_concurrent_writes_share_commits_and_each_gets_its_own_answer(tmp_path: Path) -> None:
@@ -56,22 +58,32 @@ def test_concurrent_writes_share_commits_and_each_gets_its_own_answer(tmp_path: 
     assert store.batches < 42  # grouped: fewer commits than writes
 
 
-def test_a_group_that_cannot_be_committed_is_written_one_by_one(tmp_path: Path) -> None:
-    store = CountingStore(tmp_path / "jobs.sqlite3")
-
+def _eight_inserts(store: CountingStore) -> list[object]:
     async def main() -> list[object]:
         writes = JobWrites(store)
         store.fail_batches = 1
         try:
-            return await asyncio.gather(
-                *(writes(store.insert, record(f"j{i}", mode="sync")) for i in range(8)),
-                return_exceptions=True,
-            )
+            calls = [writes(store.insert, record(f"j{i}", mode="sync")) for i in range(8)]
+            return await asyncio.gather(*calls, return_exceptions=True)
         finally:
             writes.close()
 
-    assert asyncio.run(main()) == [None] * 8
+    return asyncio.run(main())
+
+
+def test_a_group_that_does_not_fit_is_written_one_by_one(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "jobs.sqlite3")
+    assert _eight_inserts(store) == [None] * 8
     assert all(store.get(f"j{i}") is not None for i in range(8))
+
+
+def test_a_store_that_cannot_be_written_fails_every_write_of_its_group_at_once(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "jobs.sqlite3")
+    store.failure = JobStoreUnavailable("the store is down")
+    outcomes = _eight_inserts(store)
+    assert any(isinstance(o, JobStoreUnavailable) for o in outcomes)
+    # The failed group's writes were not tried again one by one: none of them is in the store.
+    assert all(store.get(f"j{i}") is None for i, o in enumerate(outcomes) if o is not None)
 
 
 def test_writes_after_close_start_the_thread_again(tmp_path: Path) -> None:

@@ -9,11 +9,13 @@ shared executor, those writes queued behind response encoding (and held it up), 
 and a commit of its own, and SQLite let one of them in at a time anyway: at concurrency 8 a key cost
 17 % of the server's throughput. Here one thread takes whatever is queued when it wakes, runs it in
 one transaction (`JobStore.batch`: a savepoint per write, so a write that fails, such as a key already
-taken, fails alone) and answers every caller of the group in one call to the event loop. (A group
-never waits to fill: a job stays in memory until its end is written, and lingering kept ended jobs
-live, and their event replays different, for nothing measurable.) When the
-group cannot be committed (or an error rolled all of it back: SQLite on a full disk), each of its
-writes is made again on its own, so each caller gets its own write's answer.
+taken, fails alone) and answers every caller of the group in one call to the event loop.
+
+When the group does not fit (a full store) or one write's error rolled all of it back (SQLite on a
+full disk), each of its writes is made again on its own, so each caller gets its own write's answer;
+when the store cannot be written at all (down, read-only), every write of the group fails at once.
+A group never waits to fill: a job stays in memory until its end is written (lingering kept ended
+jobs live, and their event replays different, for nothing measurable).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from limner.errors import JobStoreFull
 from limner.stores.jobs import BatchAborted, JobStore
 
 log = logging.getLogger("limner.jobs")
@@ -99,9 +102,13 @@ class JobWrites:
                         raise
                     except Exception as exc:  # this write alone (its savepoint is rolled back)
                         outcomes.append((False, exc))
-        except Exception as exc:  # nothing of the group is written: each write again, on its own
+        except (BatchAborted, JobStoreFull) as exc:
+            # Nothing of the group is written, maybe for one write's sake (one too big for the room
+            # left): each write again, on its own, so that the others are kept.
             log.info("job store: a group of %d writes failed (%s); writing them one by one", len(group), exc)
             outcomes = [_alone(call, args, kwargs) for call, args, kwargs, *_ in group]
+        except Exception as exc:  # the store cannot be written (down, read-only): every write fails now
+            outcomes = [(False, exc)] * len(group)
         self._answer_all(group, outcomes)
 
     @staticmethod

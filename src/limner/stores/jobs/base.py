@@ -210,6 +210,9 @@ class JobStore(abc.ABC):
                 db.execute("ROLLBACK TO SAVEPOINT limner_write")
                 db.execute("RELEASE SAVEPOINT limner_write")
             except Exception:
+                failure = self._failure(exc)
+                if isinstance(failure, JobStoreUnavailable):  # the connection is gone: so is the store
+                    raise failure from exc
                 # The error took the whole transaction with it (SQLite rolls back on a full disk): the
                 # batch's other writes are gone too, and each must be made again on its own.
                 raise BatchAborted(exc) from exc
