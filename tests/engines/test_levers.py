@@ -84,10 +84,15 @@ def test_a_backend_applies_to_its_model_only_and_gives_the_plain_image(
 def test_a_backend_that_would_change_nothing_or_cannot_run_stops_the_start_up(
     family_dirs: dict[str, Path], family: str, value: str, says: str
 ) -> None:
+    _refused_at_start_up(family_dirs[family], "attention", value, says)
+
+
+def _refused_at_start_up(source: Path, option: str, value: Any, says: str) -> None:
+    """create_engine refuses `option = value` with an error that names the option and says `says`."""
     from limner.engines.diffusers import create_engine
 
-    with pytest.raises(ValueError, match="'attention'") as refused:
-        create_engine("m", {"source": str(family_dirs[family]), "device": "cpu", "attention": value})
+    with pytest.raises(ValueError, match=f"'{option}") as refused:  # 'step_cache.kind' too
+        create_engine("m", {"source": str(source), "device": "cpu", option: value})
     assert says in str(refused.value)
 
 
@@ -150,11 +155,7 @@ def test_a_step_cache_skips_steps_of_its_model_only_and_edits_still_run(
 def test_a_step_cache_the_family_cannot_take_stops_the_start_up(
     family_dirs: dict[str, Path], family: str, value: Any, says: str
 ) -> None:
-    from limner.engines.diffusers import create_engine
-
-    with pytest.raises(ValueError, match="'step_cache") as refused:
-        create_engine("m", {"source": str(family_dirs[family]), "device": "cpu", "step_cache": value})
-    assert says in str(refused.value)
+    _refused_at_start_up(family_dirs[family], "step_cache", value, says)
 
 
 def test_int8_weights_shrink_the_denoiser_and_keep_the_sensitive_layers(
@@ -192,11 +193,7 @@ def test_int8_weights_shrink_the_denoiser_and_keep_the_sensitive_layers(
 def test_precision_options_the_device_cannot_honour_stop_the_start_up(
     tiny_text2image_dir: Path, option: str, value: str, says: str
 ) -> None:
-    from limner.engines.diffusers import create_engine
-
-    with pytest.raises(ValueError, match=f"'{option}'") as refused:
-        create_engine("m", {"source": str(tiny_text2image_dir), "device": "cpu", option: value})
-    assert says in str(refused.value)
+    _refused_at_start_up(tiny_text2image_dir, option, value, says)
 
 
 def test_a_compiled_model_is_warmed_up_at_load_draws_the_plain_image_and_swaps_adapters(
