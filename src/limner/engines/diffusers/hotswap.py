@@ -1,7 +1,7 @@
 """LoRA adapters on a compiled model: fixed slots made before compiling, adapters' weights copied in.
 
-    layout = slot_layout(catalogue)           # at start-up: the modules and rank the slots need
-    slots = HotswapSlots(catalogue, layout)   # the engine's AdapterSlots when compile = true
+    layout = slot_layout(catalogue, "transformer")    # at start-up: the modules and rank the slots need
+    slots = HotswapSlots(catalogue, layout, itemsize) # the engine's AdapterSlots when compile = true
     slots.prepare(pipes)                      # at load, before torch.compile
     with slots.applied(pipes, wanted): pipe(...)
 
@@ -92,13 +92,12 @@ def slot_layout(catalogue: AdapterCatalogue, component: str) -> SlotLayout:
                 "adapts the text encoder, and a compiled model swaps adapters of its denoiser only "
                 "(diffusers' hotswap): drop compile, or use an adapter of the denoiser alone",
             )
-        known.append(adapter)
-    for adapter in known:
         if options.lora_rank is not None and adapter.rank > options.lora_rank:
             raise option_error(
                 "lora_rank",
                 f"{options.lora_rank} is below the rank {adapter.rank} of adapter '{adapter.name}'",
             )
+        known.append(adapter)
     for name in catalogue.dir_names():
         found = catalogue.lookup(name)
         if (

@@ -206,7 +206,8 @@ class JobManager:
                     attempts=0 if asynchronous else 1,
                 )
                 try:
-                    await self._write(self.store.insert, record, durable=asynchronous)
+                    # The group syncs when the insert does: an asynchronous job's (a 202 promises it).
+                    await self._write(self.store.insert, record, durable=record.mode == "async")
                 except KeyTaken:  # a retry, or a duplicate on another replica: the first job is the answer
                     existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
                     if existing is None:
