@@ -228,7 +228,7 @@ def test_a_configured_adapter_that_does_not_fit_stops_the_start_up(
 
 def test_the_access_record_says_the_prompt_steps_seed_and_adapters(lora_server: RunningServer) -> None:
     generate(lora_server, seed=77, lora={"detail": 0.3})
-    line = next(line for line in reversed(lora_server.log().splitlines()) if "seed=77" in line)
+    line = lora_server.log_line("seed=77")
     assert "prompt=a lighthouse at dusk" in line and "steps=3" in line and "'detail': 0.3" in line
 
 

@@ -37,6 +37,17 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_line(self, *parts: str, timeout: float = 60.0) -> str:
+        """The last log line that holds every one of `parts`, waited for: an access record is written
+        once the answer has gone, so a client can read the log before it is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log().splitlines() if all(part in line for part in parts)]
+            if lines:
+                return lines[-1]
+            assert time.monotonic() < deadline, f"no log line with {parts}:\n{self.log()}"
+            time.sleep(0.02)
+
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = httpx2.get(self.base_url + "/health", timeout=30).json()
         return body
