@@ -6,11 +6,16 @@
 
 Each creates ./.venv on first use and installs limner into it (editable), then runs the command.
 `test` also installs the test tools and the [diffusers] extra, CPU torch first, so that pip never
-pulls a CUDA build of torch just to satisfy diffusers' requirement.
+pulls a CUDA build of torch just to satisfy diffusers' requirement. Once installed, a later run skips
+pip until pyproject.toml changes (a stamp in .venv says what was installed from which pyproject).
+
+`test` runs pytest on up to 4 xdist workers (`-n`, one per core), each file's tests together on one
+worker (tests/conftest.py); give `-n 0` to run in this process, or your own `-n`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -45,19 +50,49 @@ def pip_install(python: Path, *args: str) -> None:
     run(python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args)
 
 
+STAMP = VENV / "limner-installed"
+
+
+def installed(extras: str) -> bool:
+    """Whether limner with `extras` was installed here from the pyproject.toml as it is now."""
+    return STAMP.is_file() and STAMP.read_text().split() == [_pyproject_digest(), extras]
+
+
+def stamp(extras: str) -> None:
+    STAMP.write_text(f"{_pyproject_digest()} {extras}\n")
+
+
+def _pyproject_digest() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()[:16]
+
+
+def workers(pytest_args: list[str]) -> list[str]:
+    """xdist's options unless the caller gave theirs: a worker per core, at most 4 (each starts servers,
+    a PostgreSQL cluster, torch), files kept together (`--dist loadgroup`, groups set in conftest)."""
+    if any(arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
+        return []
+    return ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadgroup"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("serve", "test"):
         print(__doc__)
         return 2
     python = ensure_venv()
     if argv[0] == "serve":
-        pip_install(python, "-e", ".")
+        # Whatever test installed holds serve's too (the same package, with more extras).
+        if not (installed("") or installed("test,diffusers")):
+            pip_install(python, "-e", ".")
+            stamp("")
         print(ACTIVATE_HINT, flush=True)
         os.execv(python, [str(python), "-m", "limner", "serve", *argv[1:]])
-    pip_install(python, TORCH)
-    pip_install(python, "-e", ".[test,diffusers]")
+    if not installed("test,diffusers"):
+        pip_install(python, TORCH)
+        pip_install(python, "-e", ".[test,diffusers]")
+        stamp("test,diffusers")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env).returncode
+    pytest_args = [*workers(argv[1:]), *argv[1:]]
+    return subprocess.run([str(python), "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ them. A FLUX.1 Kontext checkpoint is made from the FLUX.1 one (same components, 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -65,6 +66,13 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
         raise FileNotFoundError(f"the family builders are not at {HERE} (../shared beside the repository)")
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (xdist workers, or two sessions): the others wait, then find it built.
+    with open(root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_all(root)
+
+
+def _build_all(root: Path) -> dict[str, Path]:
     folders = {name: root / name for name in BUILDS}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     running = []
