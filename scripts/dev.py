@@ -8,9 +8,6 @@ Each creates ./.venv on first use and installs limner into it (editable), then r
 `test` also installs the test tools and the [diffusers] extra, CPU torch first, so that pip never
 pulls a CUDA build of torch just to satisfy diffusers' requirement. Once installed, a later run skips
 pip until pyproject.toml changes (a stamp in .venv says what was installed from which pyproject).
-
-`test` runs pytest on up to 4 xdist workers (`-n`, one per core), each file's tests together on one
-worker (tests/conftest.py); give `-n 0` to run in this process, or your own `-n`.
 """
 
 from __future__ import annotations
@@ -53,25 +50,17 @@ def pip_install(python: Path, *args: str) -> None:
 STAMP = VENV / "limner-installed"
 
 
-def installed(extras: str) -> bool:
-    """Whether limner with `extras` was installed here from the pyproject.toml as it is now."""
-    return STAMP.is_file() and STAMP.read_text().split() == [_pyproject_digest(), extras]
+def installed(what: str) -> bool:
+    """Whether `what` ("serve" or "test") was installed here from the pyproject.toml as it is now."""
+    return STAMP.is_file() and STAMP.read_text().split() == [_pyproject_digest(), what]
 
 
-def stamp(extras: str) -> None:
-    STAMP.write_text(f"{_pyproject_digest()} {extras}\n")
+def stamp(what: str) -> None:
+    STAMP.write_text(f"{_pyproject_digest()} {what}\n")
 
 
 def _pyproject_digest() -> str:
     return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()[:16]
-
-
-def workers(pytest_args: list[str]) -> list[str]:
-    """xdist's options unless the caller gave theirs: a worker per core, at most 4 (each starts servers,
-    a PostgreSQL cluster, torch), files kept together (`--dist loadgroup`, groups set in conftest)."""
-    if any(arg.startswith(("-n", "--numprocesses")) for arg in pytest_args):
-        return []
-    return ["-n", str(max(1, min(4, os.cpu_count() or 1))), "--dist", "loadgroup"]
 
 
 def main(argv: list[str]) -> int:
@@ -81,18 +70,17 @@ def main(argv: list[str]) -> int:
     python = ensure_venv()
     if argv[0] == "serve":
         # Whatever test installed holds serve's too (the same package, with more extras).
-        if not (installed("") or installed("test,diffusers")):
+        if not (installed("serve") or installed("test")):
             pip_install(python, "-e", ".")
-            stamp("")
+            stamp("serve")
         print(ACTIVATE_HINT, flush=True)
         os.execv(python, [str(python), "-m", "limner", "serve", *argv[1:]])
-    if not installed("test,diffusers"):
+    if not installed("test"):
         pip_install(python, TORCH)
         pip_install(python, "-e", ".[test,diffusers]")
-        stamp("test,diffusers")
+        stamp("test")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    pytest_args = [*workers(argv[1:]), *argv[1:]]
-    return subprocess.run([str(python), "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
+    return subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -13,21 +13,6 @@ from tests.support.server import RunningServer, start_server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-#: Files whose tests share one machine-wide thing: they run on one xdist worker, one after another.
-SERIAL_GROUPS = {
-    "test_ray.py": "ray",  # a local Ray instance each: two at once on 2 cores time out
-    "test_ray_cli.py": "ray",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (`--dist loadgroup`, as scripts/dev.py test runs it): a file's tests stay together on
-    one worker, so that its module fixtures (a server, a pipeline) start once, not once per worker."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(name, str(item.path))))
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """One throw-away PostgreSQL cluster for the session (tests take a fresh database in it each)."""

@@ -95,6 +95,14 @@ def test_dev_serve_says_where_the_limner_command_is() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "source .venv/bin/activate` puts the `limner` command" in done.stdout
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "dev.py"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # Installed once from this pyproject.toml: the second start runs no pip.
+    assert again.returncode == 0 and "pip install" not in again.stdout, again.stdout
 
 
 def test_install_commands_name_extras_that_exist() -> None:
