@@ -86,21 +86,20 @@ def test_the_openai_example_runs_as_written(server: RunningServer, tmp_path: Pat
 
 def test_dev_serve_says_where_the_limner_command_is() -> None:
     assert "source .venv/bin/activate" in section("Set-up: two commands")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "dev.py"), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    )
+
+    def dev_serve_help() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "dev.py"), "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
+
+    done = dev_serve_help()
     assert done.returncode == 0, done.stderr
     assert "source .venv/bin/activate` puts the `limner` command" in done.stdout
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "dev.py"), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = dev_serve_help()
     # Installed once from this pyproject.toml: the second start runs no pip.
     assert again.returncode == 0 and "pip install" not in again.stdout, again.stdout
 

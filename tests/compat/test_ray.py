@@ -87,13 +87,14 @@ def replicas_seen(
     for _ in range(tries):
         try:
             response = httpx2.get(server.base_url + "/health", timeout=30, **kwargs)
-            body = response.json() if response.status_code == 200 or not lenient else {}
         except httpx2.HTTPError:
-            if not lenient:
-                raise
+            if lenient:
+                continue
+            raise
+        if lenient and response.status_code != 200:
             continue
-        if "replica" in body or not lenient:
-            seen[body["replica"]] = body
+        body = response.json()
+        seen[body["replica"]] = body
     return seen
 
 

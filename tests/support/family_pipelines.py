@@ -66,7 +66,7 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
         raise FileNotFoundError(f"the family builders are not at {HERE} (../shared beside the repository)")
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    # One builder at a time (xdist workers, or two sessions): the others wait, then find it built.
+    # One builder at a time (two test sessions on one machine): the others wait, then find it built.
     with open(root / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _build_all(root)
