@@ -114,14 +114,15 @@ def test_public_url_and_forwarded_headers(tmp_path: Path) -> None:
 
 def test_links_expire_and_the_sweeper_deletes_files(tmp_path: Path) -> None:
     config = tmp_path / "limner.toml"
-    config.write_text("url_ttl_seconds = 1\nsweep_interval_seconds = 0.3\n")
+    config.write_text("url_ttl_seconds = 3\nsweep_interval_seconds = 0.3\n")  # margin for a loaded machine
     data = tmp_path / "data"
     with start_server(data, "--config", str(config)) as server:
         client = openai.OpenAI(base_url=server.api_base, api_key="x", max_retries=0)
         url = (client.images.generate(model="dall-e-2", prompt="x", size="256x256").data or [])[0].url or ""
-        assert httpx2.get(url).status_code == 200
+        assert httpx2.get(url).status_code == 200  # a link lives at least the TTL, so this is in time
         assert len(list((data / "images").iterdir())) == 1
-        time.sleep(1.1)
+        expires = int(httpx2.URL(url).params["expires"])
+        time.sleep(max(0.0, expires - time.time()) + 1.1)
         expired = httpx2.get(url)
         assert expired.status_code == 410
         schema.validate_error(expired.json())

@@ -105,6 +105,13 @@ def test_forged_and_expired_links_are_refused(store: ImageStore) -> None:
     assert info.value.status_code == 410
 
 
+def test_a_link_lives_at_least_the_ttl(store: ImageStore) -> None:
+    signed_at = 1_000_000.999  # truncating would expire this link 0.999 s early
+    name, expires, sig = _parts(store.save(b"png bytes", "png", now=signed_at))
+    assert int(expires) >= signed_at + 60
+    assert store.fetch(name, expires, sig, now=signed_at + 60) is not None
+
+
 def test_sweep_removes_only_expired_images(store: ImageStore) -> None:
     old = _parts(store.save(b"old", "webp", now=time.time() - 3600))
     new = _parts(store.save(b"new", "webp"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -69,7 +70,8 @@ class ImageStore(abc.ABC):
         return hmac.new(self.secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def _new_name(self, fmt: str, now: float | None) -> tuple[str, int]:
-        expires = int((now if now is not None else time.time()) + self.ttl_seconds)
+        # Rounded up: a link lives at least the TTL (truncating cut up to a second off it).
+        expires = math.ceil((now if now is not None else time.time()) + self.ttl_seconds)
         return f"{expires}_{secrets.token_urlsafe(18)}.{imaging.extension_for(fmt)}", expires
 
     def _link(self, name: str, expires: int) -> str:
