@@ -174,3 +174,22 @@ def test_images_given_with_a_result_are_stored_without_decoding_its_base64(store
     store.end("img", "completed", ttl=60, result=result, status_code=200, images=[png])
     got = store.get("img")
     assert got is not None and got.result == result
+
+
+def test_a_sqlite_write_is_one_statement_and_the_probe_one_transaction(tmp_path: Path) -> None:
+    """Each statement lets go of the GIL, and taking it back waits behind engine threads under load: a
+    write is its statement alone (no BEGIN or COMMIT of its own), and what must be one transaction
+    begins one."""
+    store = open_job_store(tmp_path)
+    assert isinstance(store, SqliteJobStore)
+    store.insert(record("first", mode="sync"))  # this thread's connection is made, its settings set
+    seen: list[str] = []
+    store._local.db.set_trace_callback(seen.append)
+    store.insert(record("second", mode="sync"))
+    store.end("second", "completed", ttl=60, result={"data": [1]}, status_code=200)
+    assert [sql.split()[0] for sql in seen] == ["INSERT", "UPDATE"]
+    seen.clear()
+    assert store.check() is None
+    assert [sql.split()[0] for sql in seen] == ["BEGIN", "UPDATE", "UPDATE", "COMMIT"]
+    ended = store.get("second")
+    assert ended is not None and ended.status == "completed"

@@ -146,9 +146,11 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def _connect(self, durable: bool = False) -> AbstractContextManager[Any]:
-        """This thread's connection, in a transaction. `durable`: the commit reaches the disk before it
-        returns (an accepted asynchronous job survives a power cut); other writes survive a crash of
-        the server, and may be lost with the machine's power, like the client waiting for them."""
+        """This thread's connection; what is written in the block is committed when it ends (in one
+        transaction where the driver makes one, or `_begin` opens it). `durable`: the commit reaches the
+        disk before it returns (an accepted asynchronous job survives a power cut); other writes survive
+        a crash of the server, and may be lost with the machine's power, like the client waiting for
+        them."""
 
     @abc.abstractmethod
     def _failure(self, exc: Exception) -> LimnerError | None:
@@ -221,7 +223,8 @@ class JobStore(abc.ABC):
         return cursor
 
     def _begin(self, db: Any) -> None:  # noqa: B027  (most drivers need nothing here)
-        """(a batch's connection) Open the transaction, where the driver leaves it to the first write."""
+        """Open the transaction of several statements (a batch's, the probe's), where the driver leaves
+        it to the caller."""
 
     def _rows(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -245,6 +248,7 @@ class JobStore(abc.ABC):
             with self._writing(), self._connect() as db:
                 # Room for a typical job, taken and given back in one transaction: rewriting a row in
                 # place succeeds on a full disk, where recording a new job does not.
+                self._begin(db)
                 db.execute(
                     f"UPDATE limner_probe SET at = {p}, room = {p} WHERE id = 1", (time.time_ns(), PROBE_ROOM)
                 )
