@@ -214,8 +214,8 @@ def test_full_queue_answers_429(tiny_text2image_dir: Path, tmp_path: Path) -> No
     with start_server(tmp_path / "data", "--config", str(config), timeout=120) as server:
         assert httpx2.get(server.base_url + "/health").json()["models"]["tiny"] is True  # loaded at start
         # Long enough to be running when the next request comes (it is sent as soon as /health shows
-        # the job), short enough not to hold the suite: about 10 s on 2 cores.
-        slow = {"model": "tiny", "prompt": "x", "size": "256x256", "num_inference_steps": 50}
+        # the job), short enough not to hold the suite: about 4 s on 2 cores.
+        slow = {"model": "tiny", "prompt": "x", "size": "256x256", "num_inference_steps": 20}
         status: dict[str, int] = {}
         worker = threading.Thread(
             target=lambda: status.update(
