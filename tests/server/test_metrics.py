@@ -168,4 +168,5 @@ def test_text_logs_carry_the_request_id_on_the_access_line(tmp_path: Path) -> No
         response = httpx2.get(server.api_base + "/models", timeout=60)
         request_id = response.headers["x-request-id"]
         line = server.log_line(f"request_id={request_id}")
+        assert [other for other in server.log().splitlines() if request_id in other] == [line]  # one line
     assert line.startswith("INFO limner.access: GET /v1/models 200 request_id=req_")
