@@ -5,8 +5,9 @@ written again one by one."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from limner.errors import JobStoreFull, JobStoreUnavailable
 from limner.server.serving.writes import JobWrites
-from limner.stores.jobs import KeyTaken, SqliteJobStore
+from limner.stores.jobs import JobRecord, KeyTaken, SqliteJobStore
 from tests.stores.test_job_stores import record
 
 
@@ -147,3 +148,94 @@ def test_a_full_disk_in_a_group_fails_only_the_write_that_needs_room(tmp_path: P
     assert small is None and isinstance(full, JobStoreFull)
     store.full = False
     assert store.get("small") is not None and store.get("big") is None
+
+
+def _threads_of(store: SqliteJobStore, names: list[str]) -> Callable[[JobRecord], None]:
+    """store.insert, noting the thread that makes each write."""
+
+    def insert(job: JobRecord) -> None:
+        names.append(threading.current_thread().name)
+        store.insert(job)
+
+    return insert
+
+
+def test_a_small_write_is_made_on_the_loop_unless_it_would_wait(tmp_path: Path) -> None:
+    """`now=True`: made on the event loop's thread (no hop to the writer thread and back) while the
+    store's lock is free; through the writer thread when a group holds it, and always for a durable
+    write (an asynchronous job's insert syncs)."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    names: list[str] = []
+    insert = _threads_of(store, names)
+    loop_thread = threading.current_thread().name
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        try:
+            await writes(insert, record("now", mode="sync"), now=True)
+            await writes(insert, record("async"), durable=True, now=True)
+            with store._write_lock:  # a group being committed: the write is queued behind it
+                queued = asyncio.ensure_future(writes(insert, record("queued", mode="sync"), now=True))
+                await asyncio.sleep(0.1)
+                assert not queued.done()
+            await asyncio.wait_for(queued, timeout=30)
+        finally:
+            writes.close()
+
+    asyncio.run(main())
+    assert names == [loop_thread, "limner-job-writes", "limner-job-writes"]
+    assert all(store.get(job_id) is not None for job_id in ("now", "async", "queued"))
+
+
+def test_the_writer_thread_checkpoints_what_writes_made_now_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class CheckpointedStore(SqliteJobStore):
+        checkpoints: list[str] = []
+
+        def checkpoint(self) -> None:
+            self.checkpoints.append(threading.current_thread().name)
+            super().checkpoint()
+
+    monkeypatch.setattr("limner.server.serving.writes.CHECKPOINT_EVERY", 5)
+    store = CheckpointedStore(tmp_path / "jobs.sqlite3")
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        try:
+            for i in range(11):
+                await writes(store.insert, record(f"j{i}", mode="sync"), now=True)
+            deadline = time.monotonic() + 30
+            while len(store.checkpoints) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            writes.close()
+
+    asyncio.run(main())
+    assert store.checkpoints == ["limner-job-writes"] * 2  # after the 5th and the 10th, off the loop
+
+
+def test_a_slow_write_on_the_loop_sends_the_next_ones_to_the_writer_thread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk that stalls holds the loop up once, not at every write."""
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    names: list[str] = []
+    insert = _threads_of(store, names)
+
+    def slow_insert(job: JobRecord) -> None:
+        time.sleep(0.1)  # more than SLOW_WRITE_SECONDS
+        insert(job)
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        try:
+            await writes(slow_insert, record("slow", mode="sync"), now=True)
+            await writes(insert, record("next", mode="sync"), now=True)
+        finally:
+            writes.close()
+
+    with caplog.at_level("WARNING", logger="limner.jobs"):
+        asyncio.run(main())
+    assert names == [threading.current_thread().name, "limner-job-writes"]
+    assert "every write goes to the writer thread" in caplog.text

@@ -193,3 +193,57 @@ def test_a_sqlite_write_is_one_statement_and_the_probe_one_transaction(tmp_path:
     assert [sql.split()[0] for sql in seen] == ["BEGIN", "UPDATE", "UPDATE", "COMMIT"]
     ended = store.get("second")
     assert ended is not None and ended.status == "completed"
+
+
+def test_a_write_is_made_now_only_by_a_store_that_need_not_wait(store: JobStore) -> None:
+    """`write_now`: SQLite makes the write on the calling thread (the event loop's) and gives its
+    answer, a taken key included; PostgreSQL, across a network, never makes one (nothing is written)."""
+    made, _ = store.write_now(store.insert, record("now", mode="sync"))
+    if store.kind == "postgresql":
+        assert not made and store.get("now") is None
+        return
+    assert made and store.get("now") is not None
+    store.insert(record("first", key="taken", mode="sync"))
+    with pytest.raises(KeyTaken):
+        store.write_now(store.insert, record("second", key="taken", mode="sync"))
+    with pytest.raises(RuntimeError, match="durable"):  # an asynchronous job's insert syncs: never now
+        store.write_now(store.insert, record("async"))
+    assert store.get("second") is None and store.get("async") is None
+
+
+def test_sqlite_makes_no_write_now_that_would_wait_for_a_lock(tmp_path: Path) -> None:
+    """A write made now never waits: not for this process's writer (a group being committed on the
+    writer thread), not for another process's (SQLite's lock, where the busy handler would sleep up to
+    30 s). It is left untouched, for the writer thread to make."""
+    import sqlite3
+    import threading
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    in_batch, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.batch():
+            store.insert(record("grouped", mode="sync"))
+            in_batch.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert in_batch.wait(30)
+    try:
+        assert store.write_now(store.insert, record("a", mode="sync")) == (False, None)
+    finally:
+        release.set()
+        thread.join(30)
+    other = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    started = time.monotonic()
+    assert store.write_now(store.insert, record("a", mode="sync")) == (False, None)
+    assert time.monotonic() - started < 10  # at once, not after the 30 s busy timeout
+    other.execute("COMMIT")
+    assert store.write_now(store.insert, record("a", mode="sync")) == (True, None)
+    assert store.get("grouped") is not None and store.get("a") is not None
+    # The event loop's connection never checkpoints the WAL (the writer thread does: `checkpoint`).
+    assert store._local.now_db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    store.checkpoint()
+    other.close()

@@ -58,6 +58,9 @@ END_WRITE_SECONDS = 60.0
 ELSEWHERE_POLL_SECONDS = 0.25
 #: Bodies below this are fingerprinted on the event loop (a small JSON body hashes in microseconds).
 INLINE_FINGERPRINT_BYTES = 64 * 1024
+#: A job's write whose request body or images are at most this may be made on the event loop
+#: (writes.py: `now`); a bigger one costs the loop more than the thread hop it saves.
+WRITE_NOW_BYTES = 256 * 1024
 
 
 def owner_of(request: Request) -> str:
@@ -207,7 +210,12 @@ class JobManager:
                 )
                 try:
                     # The group syncs when the insert does: an asynchronous job's (a 202 promises it).
-                    await self._write(self.store.insert, record, durable=record.mode == "async")
+                    await self._write(
+                        self.store.insert,
+                        record,
+                        durable=asynchronous,
+                        now=not asynchronous and len(body) <= WRITE_NOW_BYTES,
+                    )
                 except KeyTaken:  # a retry, or a duplicate on another replica: the first job is the answer
                     existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
                     if existing is None:
@@ -218,7 +226,7 @@ class JobManager:
                     live = self._start(record, work, client_of(request), admitted=False)
                     live.counted = not asynchronous
                 except LimnerError:  # the queue is full: nothing was accepted
-                    await self._write(self.store.delete, record.id)
+                    await self._write(self.store.delete, record.id, now=True)
                     raise
         finally:
             self._claims.give_back(owner, key, claim)
@@ -273,7 +281,9 @@ class JobManager:
                 return
             record.status, record.attempts = "in_progress", record.attempts + 1
             live.start_write = asyncio.ensure_future(
-                self._write(self.store.update, record.id, status="in_progress", attempts=record.attempts)
+                self._write(
+                    self.store.update, record.id, status="in_progress", attempts=record.attempts, now=True
+                )
             )
             run.publish()
 
@@ -375,9 +385,10 @@ class JobManager:
             error=record.error if record.status == "failed" else None,
             status_code=record.status_code if record.status != "cancelled" else None,
             images=images if record.status == "completed" else None,
+            now=_small_end(record, images),
         )
         if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
-            await self._write(self.store.update, record.id, idempotency_key=None)
+            await self._write(self.store.update, record.id, idempotency_key=None, now=True)
 
     async def recover(self) -> int:
         """At start-up: run again every job that was queued or running when its runner stopped (this
@@ -578,6 +589,15 @@ class JobManager:
         if live is None or live.run.ticket is None or live.record.status != "queued":
             return None
         return self.scheduler.position(live.run.ticket)
+
+
+def _small_end(record: JobRecord, images: list[bytes] | None) -> bool:
+    """Whether a job's end is small enough to be written on the event loop: its images, or a result
+    without any (links, an error)."""
+    if images is not None:
+        return sum(map(len, images)) <= WRITE_NOW_BYTES
+    data = record.result.get("response", {}).get("data", []) if isinstance(record.result, dict) else []
+    return record.status != "completed" or not any("b64_json" in item for item in data)
 
 
 async def _read_fingerprinted(request: Request, content_type: str) -> tuple[bytes, str]:

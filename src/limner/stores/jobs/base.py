@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +172,15 @@ class JobStore(abc.ABC):
     def _writing(self) -> AbstractContextManager[Any]:
         """Held around each write transaction (SQLite: one writer at a time in this process)."""
         return contextlib.nullcontext()
+
+    def write_now(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """`(True, call(*args, **kwargs))` when the store can make this write on the calling thread
+        without waiting for anything (a lock, the network); `(False, None)` when it cannot, and nothing
+        was written. A database across a network always waits: never."""
+        return False, None
+
+    def checkpoint(self) -> None:  # noqa: B027  (only a write-ahead log needs it)
+        """Move what writes made now (`write_now`) logged into the database proper."""
 
     def _run(self, sql: str, args: tuple[Any, ...] | list[Any] = (), *, durable: bool = False) -> Any:
         batch = getattr(self._local, "batch", None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from limner.errors import LimnerError
 from limner.stores.jobs.base import JobStore
@@ -107,8 +108,31 @@ class SqliteJobStore(JobStore):
         # here, and `with db` commits it (a SAVEPOINT outside one would commit at its RELEASE).
         db.execute("BEGIN")
 
-    def _writing(self) -> threading.Lock:
-        return self._write_lock
+    def _writing(self) -> AbstractContextManager[Any]:
+        # A write made now (`write_now`) already holds the lock.
+        return nullcontext() if getattr(self._local, "now", False) else self._write_lock
+
+    def write_now(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """Make the write on this thread, now, unless it would wait: for this process's writer (a group
+        being committed) or for another process's (SQLite's lock: the write fails at once, untouched,
+        instead of sleeping in the busy handler). Its connection never checkpoints (a checkpoint copies
+        and syncs the WAL: the caller, the event loop, asks for one elsewhere: `checkpoint`)."""
+        if not self._write_lock.acquire(blocking=False):
+            return False, None
+        self._local.now = True
+        try:
+            return True, call(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False, None
+            raise
+        finally:
+            self._local.now = False
+            self._write_lock.release()
+
+    def checkpoint(self) -> None:
+        with self._connect() as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _is_key_taken(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
@@ -117,10 +141,18 @@ class SqliteJobStore(JobStore):
         if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
             return None
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        if code == sqlite3.SQLITE_BUSY and getattr(self._local, "now", False):
+            return None  # a write made now found the lock taken: `write_now` makes it later instead
         return self._full() if code == sqlite3.SQLITE_FULL else self._unavailable()
 
     @contextmanager
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        if getattr(self._local, "now", False):
+            if durable:
+                raise RuntimeError("a durable write is never made now: its sync is the slow part")
+            with self._now_connection() as now_db:
+                yield now_db
+            return
         db = getattr(self._local, "db", None)
         if db is None:
             # Autocommit: one statement is its own transaction, and several are in one only where a
@@ -138,5 +170,18 @@ class SqliteJobStore(JobStore):
         if self._local.synchronous != synchronous:
             db.execute(f"PRAGMA synchronous={synchronous}")
             self._local.synchronous = synchronous
+        with db:
+            yield db
+
+    @contextmanager
+    def _now_connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection of writes made now (`write_now`): no busy wait, no checkpoint, NORMAL sync (a
+        durable write is never made now)."""
+        db = getattr(self._local, "now_db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=0, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.now_db = db
         with db:
             yield db
