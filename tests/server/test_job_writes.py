@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +240,58 @@ def test_a_slow_write_on_the_loop_sends_the_next_ones_to_the_writer_thread(
         asyncio.run(main())
     assert names == [threading.current_thread().name, "limner-job-writes"]
     assert "every write goes to the writer thread" in caplog.text
+
+
+async def test_a_keyed_request_writes_on_the_loop_unless_its_answer_is_big(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the server: a synchronous job's start and end are made on the event loop's thread; an
+    end with more than WRITE_NOW_BYTES of images (three 1024x1024 PNGs) goes to the writer thread."""
+    from limner.server.settings import Settings
+    from tests.server.test_jobs import until
+    from tests.support.inprocess import app_client
+
+    made: list[tuple[str, str]] = []
+
+    class WatchedStore(SqliteJobStore):
+        def insert(self, job: JobRecord) -> None:
+            made.append(("insert", threading.current_thread().name))
+            super().insert(job)
+
+        def end(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+            made.append(("end", threading.current_thread().name))
+            super().end(job_id, *args, **kwargs)
+
+    stores: list[WatchedStore] = []
+
+    def open_store(data_dir: Path, url: str | None = None) -> WatchedStore:
+        stores.append(WatchedStore(data_dir / "jobs.sqlite3"))
+        return stores[-1]
+
+    monkeypatch.setattr("limner.server.app.open_job_store", open_store)
+    small = {"model": "dall-e-2", "prompt": "a red circle", "size": "256x256", "response_format": "b64_json"}
+    big = {**small, "size": "1024x1024", "n": 3}
+    async with app_client(Settings(data_dir=tmp_path)) as client:
+        (store,) = stores
+        for name, request in (("small", small), ("big", big)):
+            answer = await client.post(
+                "/v1/images/generations", json=request, headers={"idempotency-key": name}
+            )
+            assert answer.status_code == 200, answer.text
+
+            def ended(name: str = name) -> bool:  # the end is written after the answer
+                kept = store.by_idempotency_key("-", name)
+                return kept is not None and kept.status == "completed"
+
+            await until(ended)
+        replay = await client.post("/v1/images/generations", json=big, headers={"idempotency-key": "big"})
+        assert replay.json() == answer.json()
+    loop = threading.current_thread().name
+    # The retry's insert finds its key taken (a key is not looked up first): made on the loop too.
+    assert made == [
+        ("insert", loop),
+        ("end", loop),
+        ("insert", loop),
+        ("end", "limner-job-writes"),
+        ("insert", loop),
+    ]
