@@ -24,10 +24,10 @@ once on the event loop when the store can make it without waiting (`JobStore.wri
 lock is free; never a database across a network). Since a write became one statement, that costs the
 loop a fraction of a millisecond, less than the thread hop there and back: under load, where engine
 threads hold the GIL, each wake-up of the writes thread and of the loop is a wait, and the hops, not
-SQLite, were what a key still cost (keyed / plain throughput, official client, concurrency 8: 0.94
-with both writes through the thread, 0.97 made now; one client in sequence, in process: 0.95 and 1.04). Those writes never checkpoint the WAL on the loop; every `CHECKPOINT_EVERY` of them the
-thread does. A disk that stalls would hold the loop up: a write made now that is slow sends every write
-to the thread for a while.
+SQLite, were what a key still cost (keyed requests/s at concurrency 8, side by side with both writes
+through the thread: 1.04x). Those writes never checkpoint the WAL on the loop; every
+`CHECKPOINT_EVERY` of them the thread does. A disk that stalls would hold the loop up: a write made now
+that is slow sends every write to the thread for a while.
 """
 
 from __future__ import annotations
