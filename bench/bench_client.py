@@ -9,7 +9,8 @@ Measures, for small images (dall-e-2, 256x256, b64_json):
 and peak traced memory (tracemalloc) while receiving one response with ten 1024x1024 images.
 The two clients run back to back in each of --rounds rounds (which goes first alternates); a figure
 is the median over the rounds, and the throughput ratio the median of the rounds' own ratios, limner /
-openai (above 1 is better for throughput, below 1 is better for CPU and memory).
+openai (above 1 is better for throughput, below 1 is better for CPU and memory), printed with the
+lowest and highest of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main() -> None:
         )
         print("small images (dall-e-2 256x256 b64_json):")
         print(
-            f"  {'mode':6} {'conc':>4} {'limner req/s':>13} {'openai req/s':>13} {'ratio':>6}"
+            f"  {'mode':6} {'conc':>4} {'limner req/s':>13} {'openai req/s':>13} {'ratio':>6} {'rounds':>10}"
             f"  {'limner CPU ms/req':>17} {'openai CPU ms/req':>17} {'ratio':>6}"
         )
         for mode in ("sync", "async"):
@@ -125,8 +126,11 @@ def main() -> None:
                 lr, orr = (median(mode, n, concurrency, 0) for n in ("limner", "openai"))
                 lc, oc = (median(mode, n, concurrency, 1) for n in ("limner", "openai"))
                 ratio = statistics.median(ratios[(mode, concurrency)])
+                # The rounds' own ratios, lowest to highest: how far one round is from the next on this
+                # machine, against which the median is read.
+                spread = f"{min(ratios[(mode, concurrency)]):.2f}-{max(ratios[(mode, concurrency)]):.2f}"
                 print(
-                    f"  {mode:6} {concurrency:>4} {lr:>13.1f} {orr:>13.1f} {ratio:>6.2f}"
+                    f"  {mode:6} {concurrency:>4} {lr:>13.1f} {orr:>13.1f} {ratio:>6.2f} {spread:>10}"
                     f"  {lc:>17.2f} {oc:>17.2f} {lc / oc:>6.2f}"
                 )
 
