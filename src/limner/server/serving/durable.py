@@ -385,7 +385,7 @@ class JobManager:
             error=record.error if record.status == "failed" else None,
             status_code=record.status_code if record.status != "cancelled" else None,
             images=images if record.status == "completed" else None,
-            now=_small_end(record, images),
+            now=_small_end(images),
         )
         if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
             await self._write(self.store.update, record.id, idempotency_key=None, now=True)
@@ -591,13 +591,11 @@ class JobManager:
         return self.scheduler.position(live.run.ticket)
 
 
-def _small_end(record: JobRecord, images: list[bytes] | None) -> bool:
-    """Whether a job's end is small enough to be written on the event loop: its images, or a result
-    without any (links, an error)."""
-    if images is not None:
-        return sum(map(len, images)) <= WRITE_NOW_BYTES
-    data = record.result.get("response", {}).get("data", []) if isinstance(record.result, dict) else []
-    return record.status != "completed" or not any("b64_json" in item for item in data)
+def _small_end(images: list[bytes] | None) -> bool:
+    """Whether a job's end is small enough to be written on the event loop: a b64_json answer's images
+    (`Live.images`, always handed over) at most WRITE_NOW_BYTES; an end without images (links, an
+    error, a cancel) is small."""
+    return images is None or sum(map(len, images)) <= WRITE_NOW_BYTES
 
 
 async def _read_fingerprinted(request: Request, content_type: str) -> tuple[bytes, str]:
