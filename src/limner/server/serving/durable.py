@@ -13,6 +13,15 @@ After a crash, `recover()` runs every job that was queued or running again, from
 through the same parsing code as a new request (create_app hands this layer the routes' parse
 functions: it imports no route). Each job is one Run (run.py), as a plain request is.
 
+A key costs the store its writes, and most keyed jobs are short synchronous ones (limner's client
+sends a key with every call). While this process alone uses its SQLite store (stores/jobs/sole.py), such
+a job is written once, at its end, with its answer: its key is claimed in memory meanwhile
+(`_unrecorded`), and an index of the recorded keys' hashes (`_keys`) tells a new key from a retry
+without a read. One that runs longer than DEFER_START_SECONDS is written as it is then, so that a
+restart runs it again (counted: max_job_attempts); so is every such job when another server opens the
+store (it waits until they are written) and when this one stops. What a crash loses is a job younger
+than that: its client, whose connection the crash closed, retries with its key and runs it again.
+
 A job's stored result is the ImagesResponse and, for each image, its completed event's fields but the
 image (`completed`): a stream's replay and `/events` make the events again from them, with the one
 builder a stream uses, so an event name has one shape wherever it is read.
@@ -61,6 +70,14 @@ INLINE_FINGERPRINT_BYTES = 64 * 1024
 #: A job's write whose request body or images are at most this may be made on the event loop
 #: (writes.py: `now`); a bigger one costs the loop more than the thread hop it saves.
 WRITE_NOW_BYTES = 256 * 1024
+#: A synchronous job with a key that ends within this is written once, at its end, while this process
+#: alone uses the store (sole.py); one that runs longer is written now, as it is (its start counted).
+DEFER_START_SECONDS = 0.25
+#: How long a server that starts waits for the one using the store alone to share it.
+HAND_OVER_SECONDS = 10.0
+#: The in-memory index of recorded keys is read again from the store when it has grown to twice what
+#: the last reading found (and at least this): the keys of expired answers leave it.
+KEY_INDEX_REREAD = 4096
 
 
 def owner_of(request: Request) -> str:
@@ -119,6 +136,8 @@ class Live:
     lost: bool = False
     #: A completed job's images, in the order of its response's data (b64_json responses only).
     images: list[bytes] | None = None
+    #: Its row is in the store. A short synchronous job's is written only at its end (`_defer`).
+    recorded: bool = True
 
 
 class JobManager:
@@ -138,6 +157,20 @@ class JobManager:
         self._keeper: asyncio.Task[None] | None = None
         #: The request path's writes: one thread, committed in groups (writes.py).
         self._write = JobWrites(store)
+        #: While this process alone uses the store (sole.py), a short synchronous job with a key is
+        #: written once, at its end: its key is claimed in memory (`_unrecorded`), and `_keys` (a hash
+        #: of each recorded key, and maybe of some no longer recorded) tells a new key from a retry
+        #: without reading the store. A key that may be recorded takes the insert's path.
+        self._sole = store.sole_use()
+        self._deferring = False
+        self._unrecorded: dict[tuple[str, str], Live] = {}
+        self._keys: set[int] = set()
+        self._keys_read = 0  # how many the last reading found
+        self._keys_meanwhile: set[int] | None = None  # recorded while the store's are read
+        self._hand_over: asyncio.Task[None] | None = None
+        #: Whether the last job written could be: a job is written only at its end while it is (else
+        #: its answer, served, might not be kept for its retry: a full disk is refused at the start).
+        self._store_writable = True
 
     def stop(self) -> None:
         """The server is shutting down: jobs still queued or running stay so in the store, and the
@@ -148,10 +181,14 @@ class JobManager:
         self._write.close()
 
     async def release(self) -> None:
-        """After stop(): give this runner's claims up, so that they are taken over at once."""
+        """After stop(): record the jobs only this process knew (the next start runs them), give this
+        runner's claims up, so that they are taken over at once, and stop using the store alone."""
+        await self._record_unrecorded()
         with contextlib.suppress(Exception):  # a store that is down: the leases expire instead
             await asyncio.to_thread(self.store.release, self.runner.id)
         self.runner.close()
+        if self._sole is not None:
+            self._sole.close()
 
     def _lease_end(self) -> int:
         return int((time.time() + self.lease_seconds) * 1000)
@@ -207,32 +244,148 @@ class JobManager:
                     # A synchronous job starts now (or waits in the queue with its client): its first run
                     # is counted here, in the one write it costs, instead of in a write of its own.
                     attempts=0 if asynchronous else 1,
+                    created_ns=time.time_ns(),
                 )
-                try:
-                    # The group syncs when the insert does: an asynchronous job's (a 202 promises it).
-                    await self._write(
-                        self.store.insert,
-                        record,
-                        durable=asynchronous,
-                        now=not asynchronous and len(body) <= WRITE_NOW_BYTES,
-                    )
-                except KeyTaken:  # a retry, or a duplicate on another replica: the first job is the answer
-                    existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
-                    if existing is None:
-                        raise
-                    self._check_same(existing, digest)
-                    return await self._answer(request, existing, asynchronous)
+                unrecorded = self._unrecorded.get((owner, key)) if key is not None else None
+                if unrecorded is not None:  # a retry of a job this process has not written yet
+                    self._check_same(unrecorded.record, digest)
+                    return await self._answer(request, unrecorded.record, asynchronous)
+                small = len(body) <= WRITE_NOW_BYTES
+                deferred = key is not None and not asynchronous and small and self._defers(owner, key)
+                if not deferred:
+                    try:
+                        # The group syncs when the insert does: an asynchronous job's (a 202 promises it).
+                        await self._insert(record, durable=asynchronous, now=not asynchronous and small)
+                    except KeyTaken:  # a retry, or a duplicate on another replica: the first job answers
+                        existing = await asyncio.to_thread(self.store.by_idempotency_key, owner, key or "")
+                        if existing is None:
+                            raise
+                        self._check_same(existing, digest)
+                        return await self._answer(request, existing, asynchronous)
+                    self._key_recorded(owner, key)
                 try:
                     live = self._start(record, work, client_of(request), admitted=False)
                     live.counted = not asynchronous
                 except LimnerError:  # the queue is full: nothing was accepted
-                    await self._write(self.store.delete, record.id, now=True)
+                    if not deferred:
+                        await self._write(self.store.delete, record.id, now=True)
                     raise
+                if deferred:
+                    self._defer(live)
         finally:
             self._claims.give_back(owner, key, claim)
         if asynchronous:
             return self._job_response(record, live, status=202)
         return await self._answer_live(request, live)
+
+    # -- short synchronous jobs, written once (while this process alone uses the store) ----------
+
+    def _defers(self, owner: str, key: str) -> bool:
+        """Whether this key's job may be written only at its end: this process alone uses the store,
+        and the key is new (not in `_keys`: a retry's must be looked up)."""
+        if not self._deferring or self._sole is None or not self._store_writable:
+            return False
+        if self._sole.knocked():  # another process has come: nothing more in memory only
+            self._start_hand_over()
+            return False
+        return hash((owner, key)) not in self._keys
+
+    def _defer(self, live: Live) -> None:
+        record = live.record
+        live.recorded = False
+        self._unrecorded[(record.owner, record.idempotency_key or "")] = live
+        asyncio.get_running_loop().call_later(DEFER_START_SECONDS, self._record_start, live)
+
+    def _record_start(self, live: Live) -> None:
+        """The job runs longer than a moment (or this process stops being alone): write it as it is now,
+        so that a restart or another replica sees it (and counts its run: max_job_attempts)."""
+        if live.recorded or live.start_write is not None or live.record.status in ENDED:
+            return  # written, being written, or its end will be
+        live.start_write = asyncio.ensure_future(self._insert_started(live))
+
+    async def _insert_started(self, live: Live) -> None:
+        await self._insert(replace(live.record), now=True)
+        live.recorded = True  # only now: the lease watcher must not take it for a lost job before
+        self._key_recorded(live.record.owner, live.record.idempotency_key)
+
+    async def _insert(self, record: JobRecord, images: list[bytes] | None = None, **how: bool) -> None:
+        """Write a new job (writes.py: `how`), and remember whether the store could be written."""
+        try:
+            await self._write(self.store.insert, record, images, **how)
+        except KeyTaken:
+            self._store_writable = True
+            raise
+        except Exception:
+            self._store_writable = False
+            raise
+        self._store_writable = True
+
+    def _key_recorded(self, owner: str, key: str | None) -> None:
+        if key is None or (not self._deferring and self._keys_meanwhile is None):
+            return
+        hashed = hash((owner, key))
+        self._keys.add(hashed)
+        if self._keys_meanwhile is not None:
+            self._keys_meanwhile.add(hashed)
+
+    async def _read_keys(self) -> None:
+        """The index of recorded keys, from the store (the keys of expired answers leave it)."""
+        self._keys_meanwhile = set()
+        try:
+            stored = await asyncio.to_thread(self.store.idempotency_keys)
+        finally:
+            meanwhile, self._keys_meanwhile = self._keys_meanwhile, None
+        self._keys = {hash(pair) for pair in stored} | meanwhile
+        self._keys_read = len(stored)
+
+    async def _take_sole_use(self) -> None:
+        """At start-up: use the store alone if no other process does; if one does alone, wait (up to
+        HAND_OVER_SECONDS) for it to write what only it knows and share."""
+        if self._sole is None:
+            return
+        deadline = time.monotonic() + HAND_OVER_SECONDS
+        while (alone := self._sole.take()) is None:
+            if time.monotonic() > deadline:
+                # Stopped or stuck: it sees this one's knock when it goes on, and shares then. Until
+                # then a key sent to both within a moment of each other may run on both (each answer
+                # is kept; the key's answer is the first one written).
+                log.warning(
+                    "another server uses the job store alone and did not share it within %.0f s; "
+                    "starting without waiting for it",
+                    HAND_OVER_SECONDS,
+                )
+                return
+            await asyncio.sleep(0.05)
+        if alone:
+            await self._read_keys()
+            self._deferring = True  # only with every recorded key in the index
+
+    def _start_hand_over(self) -> None:
+        self._deferring = False
+        if self._hand_over is None:
+            self._hand_over = asyncio.create_task(self._share())
+
+    async def _share(self) -> None:
+        """Another process has come: write every job only this one knows, then share the store."""
+        await self._record_unrecorded()
+        assert self._sole is not None
+        self._sole.share()
+        self._keys = set()
+        log.info("another server uses this job store now: every job with a key is written when it starts")
+
+    async def _record_unrecorded(self) -> None:
+        """Write each job not written yet (a running one as it is; an ended one's end is being written)
+        and wait until each is in the store (for up to END_WRITE_SECONDS)."""
+        deadline = time.monotonic() + END_WRITE_SECONDS
+        while True:
+            waiting = [live for live in self._unrecorded.values() if not live.recorded]
+            if not waiting or time.monotonic() > deadline:
+                return
+            for live in waiting:
+                if live.start_write is not None and live.start_write.done():
+                    live.start_write = None  # it failed (the store cannot be written): again
+                self._record_start(live)  # an ended one's end is being written: it leaves when written
+            await asyncio.sleep(0.01)
 
     @staticmethod
     def _check_same(existing: JobRecord, digest: str) -> None:
@@ -334,6 +487,8 @@ class JobManager:
             live.done.set()
             run.publish()
             self.live.pop(record.id, None)
+            if live.recorded or record.status in ENDED:  # else stopped unwritten: release() writes it
+                self._unrecorded.pop((record.owner, record.idempotency_key or ""), None)
             if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
 
@@ -350,7 +505,7 @@ class JobManager:
         delay, deadline = 0.25, time.monotonic() + END_WRITE_SECONDS
         while True:
             try:
-                await self._end(record, live.images)
+                await self._end(record, live.images, recorded=live.recorded)
                 return
             except Exception as exc:  # the store's error (LimnerError) or anything a driver raises
                 live.answered.set()
@@ -365,7 +520,9 @@ class JobManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _end(self, record: JobRecord, images: list[bytes] | None = None) -> None:
+    async def _end(
+        self, record: JobRecord, images: list[bytes] | None = None, *, recorded: bool = True
+    ) -> None:
         """Write the ended record. Only a final outcome (2xx, 4xx) stays its Idempotency-Key's answer:
         after a server error (5xx: storage, a database or an engine down for a while) the key is
         released, so a retry with it runs the request again, as Stripe's idempotency does; the failed
@@ -376,6 +533,9 @@ class JobManager:
         ttl = settings.url_ttl_seconds
         if record.mode == "sync":
             ttl = min(ttl, settings.idempotency_ttl_seconds)
+        if not recorded:
+            await self._insert_ended(record, images, ttl)
+            return
         await self._write(
             self.store.end,
             record.id,
@@ -390,10 +550,34 @@ class JobManager:
         if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
             await self._write(self.store.update, record.id, idempotency_key=None, now=True)
 
+    async def _insert_ended(self, record: JobRecord, images: list[bytes] | None, ttl: int) -> None:
+        """The end of a job not written yet: its one row, with its answer (as `_end` leaves a row)."""
+        released = record.status == "failed" and (record.status_code or 500) >= 500  # as _end does
+        ended = replace(
+            record,
+            idempotency_key=None if released else record.idempotency_key,
+            updated_at=int(time.time()),
+            expires_at=int(time.time()) + ttl,
+            body=None,
+            result=record.result if record.status == "completed" else None,
+            error=record.error if record.status == "failed" else None,
+            status_code=record.status_code if record.status != "cancelled" else None,
+        )
+        images = images if record.status == "completed" else None
+        try:
+            await self._insert(ended, images, now=_small_end(images))
+        except KeyTaken:
+            # Written by another server that started while this one could not hand over (it was
+            # stopped or stuck: _take_sole_use): the key's answer is that one; this job stays readable.
+            await self._insert(replace(ended, idempotency_key=None), images)
+            return
+        self._key_recorded(ended.owner, ended.idempotency_key)
+
     async def recover(self) -> int:
-        """At start-up: run again every job that was queued or running when its runner stopped (this
-        server before a restart, or a replica that is gone), then keep this runner's leases (_keep);
-        return how many were taken over."""
+        """At start-up: use the store alone if no other server does (`_take_sole_use`); run again every
+        job that was queued or running when its runner stopped (this server before a restart, or a
+        replica that is gone), then keep this runner's leases (_keep); return how many were taken over."""
+        await self._take_sole_use()
         taken = await self._take_over(await asyncio.to_thread(self.store.leases))
         if taken:
             log.info("resumed %d job(s) that were queued or running", taken)
@@ -408,6 +592,8 @@ class JobManager:
         while True:
             await asyncio.sleep(tick)
             try:
+                if self._deferring and self._sole is not None and self._sole.knocked():
+                    self._start_hand_over()  # first: it needs no store that answers
                 if time.monotonic() - renewed >= self.lease_seconds / 3:
                     await asyncio.to_thread(self.store.renew, self.runner.id, self._lease_end())
                     renewed = time.monotonic()
@@ -415,13 +601,16 @@ class JobManager:
                 taken = await self._take_over(leases)
                 if taken:
                     log.info("took over %d job(s) whose runner stopped", taken)
+                if self._deferring and len(self._keys) > max(KEY_INDEX_REREAD, 2 * self._keys_read):
+                    await self._read_keys()
             except Exception as exc:  # a store that is down: try again next tick
                 log.warning("job leases: %s", exc)
 
     async def _watch_live(self) -> list[Lease]:
         """Cancel the live jobs whose cancel was asked on any replica, stop those another replica took
         over; return every active job's lease."""
-        known = set(self.live)  # jobs started after the read below are not in it yet
+        # Jobs started after the read below are not in it yet; nor is one not written yet (`_defer`).
+        known = {job_id for job_id, live in self.live.items() if live.recorded}
         leases = await asyncio.to_thread(self.store.leases)
         ours = {lease.id: lease for lease in leases if lease.runner == self.runner.id}
         for job_id in known:

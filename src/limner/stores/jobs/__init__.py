@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from limner.stores.jobs.base import ENDED, BatchAborted, JobRecord, JobStore, KeyTaken, Lease
+from limner.stores.jobs.sole import SoleUse
 from limner.stores.jobs.sqlite import SqliteJobStore
 
 
@@ -24,6 +25,7 @@ __all__ = [
     "JobStore",
     "KeyTaken",
     "Lease",
+    "SoleUse",
     "SqliteJobStore",
     "open_job_store",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from limner.errors import JobStoreFull, JobStoreUnavailable, LimnerError
+from limner.stores.jobs.sole import SoleUse
 
 ENDED = ("completed", "failed", "cancelled")
 #: What /health writes (and gives back) to see that a job fits: a request with a small upload.
@@ -59,6 +60,8 @@ class JobRecord:
     lease_until: int | None = None
     #: DELETE on any replica sets it; the runner polls it and cancels the run.
     cancel_requested: bool = False
+    #: When it was accepted, in nanoseconds (orders jobs made within one second); None: when written.
+    created_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -271,9 +274,12 @@ class JobStore(abc.ABC):
             return f"the job store does not answer: {type(exc).__name__}"
         return None
 
-    def insert(self, job: JobRecord) -> None:
-        """Write a new job; KeyTaken when its Idempotency-Key is already recorded (by any replica)."""
+    def insert(self, job: JobRecord, images: Sequence[bytes] | None = None) -> None:
+        """Write a new job; KeyTaken when its Idempotency-Key is already recorded (by any replica). A job
+        may be written first when it has ended (durable.py: a short synchronous one), with its answer
+        (`images`: as for `end`)."""
         p = self.PLACEHOLDER
+        result, images_blob = pack(job.result, images)
         values = (
             job.id,
             job.owner,
@@ -292,15 +298,15 @@ class JobStore(abc.ABC):
             job.base_url,
             job.callback_url,
             int(job.stream),
-            None,
-            None,
-            None,
+            json.dumps(result) if result is not None else None,
+            json.dumps(job.error) if job.error is not None else None,
+            job.status_code,
             job.attempts,
             job.runner,
             job.lease_until,
             int(job.cancel_requested),
-            None,
-            time.time_ns(),
+            images_blob,
+            job.created_ns or time.time_ns(),
         )
         try:
             self._run(
@@ -316,6 +322,16 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def _is_key_taken(self, exc: Exception) -> bool:
         """Whether an insert failed on the idempotency index (the driver's unique violation)."""
+
+    def idempotency_keys(self) -> list[tuple[str, str]]:
+        """Every recorded Idempotency-Key, with its owner."""
+        rows = self._rows("SELECT owner, idempotency_key FROM limner_jobs WHERE idempotency_key IS NOT NULL")
+        return [(owner, key) for owner, key in rows]
+
+    def sole_use(self) -> SoleUse | None:
+        """How processes that open this store agree on which one uses it alone (sole.py), or None where
+        none can (a database across a network is shared by design)."""
+        return None
 
     def get(self, job_id: str) -> JobRecord | None:
         return next(self._records(f"id = {self.PLACEHOLDER}", (job_id,)), None)

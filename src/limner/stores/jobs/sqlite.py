@@ -13,6 +13,7 @@ from typing import Any
 
 from limner.errors import LimnerError
 from limner.stores.jobs.base import JobStore
+from limner.stores.jobs.sole import SoleUse
 from limner.stores.sqlite import private
 
 SCHEMA = """
@@ -129,6 +130,9 @@ class SqliteJobStore(JobStore):
         finally:
             self._local.now = False
             self._write_lock.release()
+
+    def sole_use(self) -> SoleUse:
+        return SoleUse(self.path)
 
     def checkpoint(self) -> None:
         with self._connect() as db:
