@@ -1,6 +1,6 @@
 """limner.client against the official `openai` package, on the same real `limner serve`, in one run.
 
-    .venv/bin/python -m bench.bench_client [--requests 60] [--rounds 6]
+    .venv/bin/python -m bench.bench_client [--requests 60] [--rounds 6] [--windows 15] [--seconds 3]
 
 Measures, for small images (dall-e-2, 256x256, b64_json):
   * requests/s at concurrency 1 and 8: sync clients driven by threads, async clients by asyncio;
@@ -11,6 +11,12 @@ The two clients run back to back in each of --rounds rounds (which goes first al
 is the median over the rounds, and the throughput ratio the median of the rounds' own ratios, limner /
 openai (above 1 is better for throughput, below 1 is better for CPU and memory), printed with the
 lowest and highest of the rounds' ratios.
+
+Back to back, one round differs from the next by up to 20 % on a shared 2-core machine, and the
+median of a few rounds by 5 %. So the sync clients also run at once: each with 8 threads against the
+same server for --windows windows of --seconds, the ratio being each window's requests, limner over
+openai. Both meet the same machine at the same moment, and the official client against itself (its
+control) reads 1.00 within 1-2 %.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import gc
 import statistics
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -77,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--windows", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, start_server(Path(tmp) / "data") as server:
@@ -134,6 +143,22 @@ def main() -> None:
                     f"  {lc:>17.2f} {oc:>17.2f} {lc / oc:>6.2f}"
                 )
 
+        openai_too = openai.OpenAI(base_url=base, api_key="unused")
+        print(
+            f"at once, sync, 8 threads each, {args.windows} windows of {args.seconds:g} s (median, lowest-highest):"
+        )
+        pairs = (
+            ("limner / openai", sync_calls),
+            (
+                "openai / openai (control)",
+                {**sync_calls, "limner": lambda: openai_too.images.generate(**SMALL)},
+            ),
+        )
+        for label, calls in pairs:
+            shares = at_once(calls["limner"], calls["openai"], 8, args.windows, args.seconds)
+            print(f"  {label:26} {statistics.median(shares):.3f}  {min(shares):.2f}-{max(shares):.2f}")
+        openai_too.close()
+
         limner_mem, n1 = peak_memory(lambda: limner_sync.create_image(**LARGE))
         openai_mem, n2 = peak_memory(lambda: openai_sync.images.generate(**LARGE))
         assert n1 == n2 == 10
@@ -144,6 +169,40 @@ def main() -> None:
         )
         limner_sync.api_client.close()
         openai_sync.close()
+
+
+def at_once(
+    first: Callable[[], Any], second: Callable[[], Any], concurrency: int, windows: int, seconds: float
+) -> list[float]:
+    """Both callers at once, `concurrency` threads each: for each window, first's requests over second's."""
+    counts = [0, 0]
+    lock, stop = threading.Lock(), threading.Event()
+
+    def worker(index: int, call: Callable[[], Any]) -> None:
+        while not stop.is_set():
+            call()
+            with lock:
+                counts[index] += 1
+
+    threads = [
+        threading.Thread(target=worker, args=(index, call), daemon=True)
+        for index, call in enumerate((first, second))
+        for _ in range(concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)  # both at full load before the first window
+    ratios = []
+    for _ in range(windows):
+        with lock:
+            counts[:] = [0, 0]
+        time.sleep(seconds)
+        with lock:
+            ratios.append(counts[0] / max(1, counts[1]))
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return ratios
 
 
 def async_round(name: str, base: str, requests: int, concurrency: int) -> tuple[float, float]:
