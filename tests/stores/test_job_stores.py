@@ -3,6 +3,8 @@ jobs, oldest first), idempotency keys unique per owner, listing by owner and mod
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import time
 from pathlib import Path
 
@@ -166,8 +168,6 @@ def test_a_batch_is_one_transaction_where_a_taken_key_fails_alone(store: JobStor
 
 
 def test_images_given_with_a_result_are_stored_without_decoding_its_base64(store: JobStore) -> None:
-    import base64
-
     png = b"\x89PNG raw bytes"
     result = {"response": {"created": 1, "data": [{"b64_json": base64.b64encode(png).decode()}]}}
     store.insert(record("img", mode="sync"))
@@ -247,3 +247,25 @@ def test_sqlite_makes_no_write_now_that_would_wait_for_a_lock(tmp_path: Path) ->
     assert store._local.now_db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     store.checkpoint()
     other.close()
+
+
+def test_an_ended_job_is_written_whole_in_one_insert(store: JobStore) -> None:
+    """A short keyed job's one row (durable.py: written at its end): its answer, images and expiry, in
+    the order it was accepted; its key is among the recorded ones."""
+    image = b"\x89PNG raw bytes"
+    ended = dataclasses.replace(
+        record("ended", key="k1", mode="sync"),
+        status="completed",
+        body=None,
+        result={"response": {"created": 1, "data": [{"b64_json": base64.b64encode(image).decode()}]}},
+        status_code=200,
+        expires_at=int(time.time()) + 60,
+        created_ns=2,
+    )
+    store.insert(ended, [image])
+    store.insert(dataclasses.replace(record("early", key="k0", mode="sync"), created_ns=1))  # written after
+    got = store.get("ended")
+    assert got is not None and got.status == "completed" and got.status_code == 200 and got.body is None
+    assert got.result == ended.result and got.expires_at == ended.expires_at
+    assert [job.id for job in store.of_owner("key_a")] == ["ended", "early"]
+    assert sorted(store.idempotency_keys()) == [("key_a", "k0"), ("key_a", "k1")]
