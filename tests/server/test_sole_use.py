@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
@@ -183,3 +184,32 @@ async def test_a_server_that_stops_writes_the_jobs_only_it_knew(tmp_path: Path, 
         retry = await client.post(GENERATIONS, json=body(1), headers={"idempotency-key": "k"})
         assert retry.status_code == 200, retry.text
     assert engine.runs == [[1]]
+
+
+async def test_the_index_of_recorded_keys_is_read_again_without_losing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index is read from the store again when it has doubled: every key recorded is still found
+    (a retry is replayed, not run again), and the keys of swept answers leave it."""
+    monkeypatch.setattr("limner.server.serving.durable.KEY_INDEX_REREAD", 2)
+    engine = GateEngine()
+    engine.open()
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    settings = Settings(data_dir=tmp_path, job_lease_seconds=1.0)  # a tick (and a reading) every 1/6 s
+    async with app_client(settings, engines={"m": engine}) as client:
+        manager = client.app.state.jobs
+        for seed in range(8):
+            answer = await client.post(GENERATIONS, json=body(seed), headers={"idempotency-key": f"k{seed}"})
+            assert answer.status_code == 200
+            await asyncio.sleep(0.05)  # readings happen between the requests
+        await until(lambda: not manager.live)
+        await asyncio.sleep(0.5)
+        for seed in range(8):
+            retry = await client.post(GENERATIONS, json=body(seed), headers={"idempotency-key": f"k{seed}"})
+            assert retry.status_code == 200
+        assert len(engine.runs) == 8  # every retry replayed
+        store.sweep(now=time.time() + 10**6)  # every answer expires
+        for seed in range(8, 26):
+            await client.post(GENERATIONS, json=body(seed), headers={"idempotency-key": f"k{seed}"})
+        # Read again once it doubled: only the 18 recorded keys are left in it (none of the 8 swept).
+        await until(lambda: len(manager._keys) == 18)

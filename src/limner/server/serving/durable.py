@@ -499,8 +499,10 @@ class JobManager:
             live.done.set()
             run.publish()
             self.live.pop(record.id, None)
-            if live.recorded or record.status in ENDED:  # else stopped unwritten: release() writes it
-                self._unrecorded.pop((record.owner, record.idempotency_key or ""), None)
+            claimed = (record.owner, record.idempotency_key or "")
+            # Unless stopped unwritten (release() writes it); never another job's claim of the key.
+            if (live.recorded or record.status in ENDED) and self._unrecorded.get(claimed) is live:
+                del self._unrecorded[claimed]
             if record.callback_url and record.status in ENDED:
                 await self._call_back(record)
 
@@ -545,37 +547,42 @@ class JobManager:
         ttl = settings.url_ttl_seconds
         if record.mode == "sync":
             ttl = min(ttl, settings.idempotency_ttl_seconds)
+        outcome = _outcome(record)
+        images = images if record.status == "completed" else None
+        released = record.status == "failed" and (record.status_code or 500) >= 500
         if not recorded:
-            await self._insert_ended(record, images, ttl)
+            await self._insert_ended(record, images, ttl, outcome, released)
             return
         await self._write(
             self.store.end,
             record.id,
             record.status,
             ttl=ttl,
-            result=record.result if record.status == "completed" else None,
-            error=record.error if record.status == "failed" else None,
-            status_code=record.status_code if record.status != "cancelled" else None,
-            images=images if record.status == "completed" else None,
+            images=images,
             now=_small_end(images),
+            **outcome,
         )
-        if record.status == "failed" and (record.status_code or 500) >= 500 and record.idempotency_key:
+        if released and record.idempotency_key:
             await self._write(self.store.update, record.id, idempotency_key=None, now=True)
 
-    async def _insert_ended(self, record: JobRecord, images: list[bytes] | None, ttl: int) -> None:
-        """The end of a job not written yet: its one row, with its answer (as `_end` leaves a row)."""
-        released = record.status == "failed" and (record.status_code or 500) >= 500  # as _end does
+    async def _insert_ended(
+        self,
+        record: JobRecord,
+        images: list[bytes] | None,
+        ttl: int,
+        outcome: dict[str, Any],
+        released: bool,
+    ) -> None:
+        """The end of a job not written yet: its one row, with its answer (the row `_end` leaves)."""
+        now = int(time.time())
         ended = replace(
             record,
             idempotency_key=None if released else record.idempotency_key,
-            updated_at=int(time.time()),
-            expires_at=int(time.time()) + ttl,
+            updated_at=now,
+            expires_at=now + ttl,
             body=None,
-            result=record.result if record.status == "completed" else None,
-            error=record.error if record.status == "failed" else None,
-            status_code=record.status_code if record.status != "cancelled" else None,
+            **outcome,
         )
-        images = images if record.status == "completed" else None
         try:
             await self._insert(ended, images, now=_small_end(images))
         except KeyTaken:
@@ -806,6 +813,16 @@ async def _until_answered(request: Request, live: Live) -> None:
         watcher.cancel()
         if waiter in live.waiters:
             live.waiters.remove(waiter)
+
+
+def _outcome(record: JobRecord) -> dict[str, Any]:
+    """What an ended job keeps: a completed one's result, a failed one's error, and its status code
+    (a cancelled job has none)."""
+    return {
+        "result": record.result if record.status == "completed" else None,
+        "error": record.error if record.status == "failed" else None,
+        "status_code": record.status_code if record.status != "cancelled" else None,
+    }
 
 
 def _small_end(images: list[bytes] | None) -> bool:
