@@ -254,7 +254,7 @@ async def test_a_keyed_request_writes_on_the_loop_unless_its_answer_is_big(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through the server: a short synchronous job is written once, at its end (this process alone uses
-    the store), on the event loop's thread; an end with more than WRITE_NOW_BYTES of images (three
+    the store), on the event loop's thread (gathered with any others that end meanwhile); an end with more than WRITE_NOW_BYTES of images (three
     1024x1024 PNGs) goes to the writer thread."""
     from limner.server.settings import Settings
     from tests.server.test_jobs import until
@@ -263,9 +263,9 @@ async def test_a_keyed_request_writes_on_the_loop_unless_its_answer_is_big(
     made: list[tuple[str, str]] = []
 
     class WatchedStore(SqliteJobStore):
-        def insert(self, job: JobRecord, images: Any = None) -> None:
-            made.append((f"insert {job.status}", threading.current_thread().name))
-            super().insert(job, images)
+        def insert_all(self, jobs: Any, *, durable: bool = False) -> None:  # `insert` too
+            made.extend((f"insert {job.status}", threading.current_thread().name) for job, _ in jobs)
+            super().insert_all(jobs, durable=durable)
 
         def end(self, job_id: str, *args: Any, **kwargs: Any) -> None:
             made.append(("end", threading.current_thread().name))
@@ -304,3 +304,86 @@ async def test_a_keyed_request_writes_on_the_loop_unless_its_answer_is_big(
         ("insert completed", "limner-job-writes"),
         ("insert queued", loop),
     ]
+
+
+class TracedStore(SqliteJobStore):
+    """Notes each statement that writes (INSERT), with the thread that runs it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.inserts: list[tuple[str, str]] = []
+
+    def insert_all(self, jobs: Any, *, durable: bool = False) -> None:
+        self.inserts.append((",".join(job.id for job, _ in jobs), threading.current_thread().name))
+        super().insert_all(jobs, durable=durable)
+
+
+def _ended(job_id: str, key: str | None = None) -> JobRecord:
+    job = record(job_id, key=key, mode="sync")
+    job.status, job.result, job.status_code = "completed", {"response": {"created": 1, "data": []}}, 200
+    return job
+
+
+def test_ended_jobs_are_gathered_into_one_statement_on_the_loop(tmp_path: Path) -> None:
+    """Ended jobs that come within GATHER_SECONDS of each other are inserted together, with one
+    statement made on the event loop's thread; each caller is answered once its job is in the store."""
+    store = TracedStore(tmp_path / "jobs.sqlite3")
+    loop_thread = threading.current_thread().name
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        try:
+            inserts = [asyncio.ensure_future(writes.insert_gathered(_ended(f"e{i}"), None)) for i in range(5)]
+            await asyncio.sleep(0)
+            assert store.inserts == [] and not any(i.done() for i in inserts)  # held for the others
+            await asyncio.wait_for(asyncio.gather(*inserts), timeout=30)
+        finally:
+            writes.close()
+
+    asyncio.run(main())
+    assert store.inserts == [("e0,e1,e2,e3,e4", loop_thread)]
+    assert all(store.get(f"e{i}").status == "completed" for i in range(5))  # type: ignore[union-attr]
+
+
+def test_a_gathered_job_whose_key_is_taken_fails_alone(tmp_path: Path) -> None:
+    """One statement inserts all or none: a key already recorded sends each job of the group to the
+    writer thread, on its own, so that the others are kept and only that one's caller gets KeyTaken."""
+    store = TracedStore(tmp_path / "jobs.sqlite3")
+    store.insert(_ended("first", key="k"))
+
+    async def main() -> list[object]:
+        writes = JobWrites(store)
+        try:
+            inserts = [writes.insert_gathered(_ended(f"e{i}"), None) for i in range(3)]
+            inserts.insert(1, writes.insert_gathered(_ended("retry", key="k"), None))
+            return await asyncio.wait_for(asyncio.gather(*inserts, return_exceptions=True), timeout=30)
+        finally:
+            writes.close()
+
+    outcomes = asyncio.run(main())
+    assert outcomes[0] is None and isinstance(outcomes[1], KeyTaken) and outcomes[2:] == [None, None]
+    assert all(store.get(f"e{i}") is not None for i in range(3)) and store.get("retry") is None
+    assert [names for names, _ in store.inserts[1:]] == ["e0,retry,e1,e2", "e0", "retry", "e1", "e2"]
+    assert {thread for _, thread in store.inserts[2:]} == {"limner-job-writes"}
+
+
+def test_gathered_jobs_wait_for_nobody_when_the_store_is_busy_or_the_writes_close(tmp_path: Path) -> None:
+    """Another writer holding SQLite's lock: the gathered jobs go to the writer thread (the loop never
+    waits for the lock). Closing the writes inserts what is gathered at once, timer or not."""
+    store = TracedStore(tmp_path / "jobs.sqlite3")
+
+    async def main() -> None:
+        writes = JobWrites(store)
+        with store._write_lock:  # a group being committed
+            busy = asyncio.ensure_future(writes.insert_gathered(_ended("busy"), None))
+            await asyncio.sleep(0.2)
+            assert not busy.done()
+        await asyncio.wait_for(busy, timeout=30)
+        closing = asyncio.ensure_future(writes.insert_gathered(_ended("closing"), None))
+        await asyncio.sleep(0)
+        writes.close()
+        assert store.get("closing") is not None  # before the timer fired
+        await asyncio.wait_for(closing, timeout=30)
+
+    asyncio.run(main())
+    assert [thread for _, thread in store.inserts] == ["limner-job-writes", threading.current_thread().name]

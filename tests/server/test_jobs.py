@@ -610,6 +610,7 @@ async def test_a_synchronous_answer_is_kept_for_retries_and_a_result_for_its_lin
         accepted = (await client.post(GENERATIONS, json=body(2), headers=ASYNC)).json()
         await wait_status(client, accepted["id"], "completed")
         store = client.app.state.jobs.store  # type: ignore[attr-defined]
+        await until(lambda: store.by_idempotency_key("-", "sync-1") is not None)  # written after its answer
         kept = {r.mode: r.expires_at - int(time.time()) for r in store.of_owner("-")}
     assert 100 <= kept["sync"] <= 120 and 3500 <= kept["async"] <= 3600, kept
 

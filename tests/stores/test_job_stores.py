@@ -249,6 +249,31 @@ def test_sqlite_makes_no_write_now_that_would_wait_for_a_lock(tmp_path: Path) ->
     other.close()
 
 
+def test_jobs_inserted_together_are_all_written_or_none(store: JobStore) -> None:
+    """`insert_all`, one statement for several ended jobs (writes.py gathers them): each with its own
+    images; a key recorded already writes none of them (the caller then writes each alone)."""
+    images = [b"first image", b"second image"]
+    jobs = []
+    for i, image in enumerate(images):
+        job = dataclasses.replace(
+            record(f"e{i}", key=f"k{i}", mode="sync"),
+            status="completed",
+            body=None,
+            result={"response": {"created": 1, "data": [{"b64_json": base64.b64encode(image).decode()}]}},
+            status_code=200,
+        )
+        jobs.append((job, [image]))
+    store.insert_all(jobs)
+    for job, _ in jobs:
+        assert store.get(job.id).result == job.result  # type: ignore[union-attr]
+    retry = dataclasses.replace(jobs[1][0], id="retry")
+    with pytest.raises(KeyTaken):
+        store.insert_all(
+            [(dataclasses.replace(jobs[0][0], id="new", idempotency_key="k2"), None), (retry, None)]
+        )
+    assert store.get("new") is None and store.get("retry") is None
+
+
 def test_an_ended_job_is_written_whole_in_one_insert(store: JobStore) -> None:
     """A short keyed job's one row (durable.py: written at its end): its answer, images and expiry, in
     the order it was accepted; its key is among the recorded ones."""

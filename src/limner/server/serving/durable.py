@@ -192,6 +192,10 @@ class JobManager:
             self._keeper.cancel()
         self._write.close()
 
+    def gathered_written(self) -> None:
+        """Insert the ended jobs gathered for one statement (writes.py) now, for a read of the store."""
+        self._write.insert_gathered_now()
+
     async def release(self) -> None:
         """After stop(): record the jobs only this process knew (the next start runs them), give this
         runner's claims up, so that they are taken over at once, and stop using the store alone."""
@@ -323,7 +327,10 @@ class JobManager:
     async def _insert(self, record: JobRecord, images: list[bytes] | None = None, **how: bool) -> None:
         """Write a new job (writes.py: `how`), and remember whether the store could be written."""
         try:
-            await self._write(self.store.insert, record, images, **how)
+            if how.pop("gathered", False):
+                await self._write.insert_gathered(record, images)
+            else:
+                await self._write(self.store.insert, record, images, **how)
         except KeyTaken:
             self._store_writable = True
             raise
@@ -584,7 +591,9 @@ class JobManager:
             **outcome,
         )
         try:
-            await self._insert(ended, images, now=_small_end(images))
+            # Gathered with others (writes.py) when small: its client has its answer, and a retry
+            # meanwhile finds the job in memory.
+            await self._insert(ended, images, gathered=_small_end(images))
         except KeyTaken:
             # Written by another server that started while this one could not hand over (it was
             # stopped or stuck: _take_sole_use): the key's answer is that one; this job stays readable.

@@ -109,6 +109,39 @@ def pack(result: Any, raw: Sequence[bytes] | None = None) -> tuple[Any, bytes | 
     return {**result, "response": {**result["response"], "data": packed}}, bytes(images)
 
 
+def _row(job: JobRecord, images: Sequence[bytes] | None) -> tuple[Any, ...]:
+    """A new job's values, in the order of COLUMNS and created_ns."""
+    result, images_blob = pack(job.result, images)
+    return (
+        job.id,
+        job.owner,
+        job.idempotency_key,
+        job.fingerprint,
+        job.mode,
+        job.operation,
+        job.route,
+        job.model,
+        job.status,
+        job.created_at,
+        job.updated_at,
+        job.expires_at,
+        job.content_type,
+        job.body,
+        job.base_url,
+        job.callback_url,
+        int(job.stream),
+        json.dumps(result) if result is not None else None,
+        json.dumps(job.error) if job.error is not None else None,
+        job.status_code,
+        job.attempts,
+        job.runner,
+        job.lease_until,
+        int(job.cancel_requested),
+        images_blob,
+        job.created_ns or time.time_ns(),
+    )
+
+
 def unpack(result: Any, images: bytes | None) -> Any:
     """The stored result with each image's base64 back in place."""
     if images is None:
@@ -278,45 +311,26 @@ class JobStore(abc.ABC):
         """Write a new job; KeyTaken when its Idempotency-Key is already recorded (by any replica). A job
         may be written first when it has ended (durable.py: a short synchronous one), with its answer
         (`images`: as for `end`)."""
+        self.insert_all([(job, images)], durable=job.mode == "async")  # a 202 promises the job
+
+    def insert_all(
+        self, jobs: Sequence[tuple[JobRecord, Sequence[bytes] | None]], *, durable: bool = False
+    ) -> None:
+        """Write new jobs (each with its images, as for `insert`) with one statement: all of them, or
+        none (KeyTaken when one's key is recorded already)."""
         p = self.PLACEHOLDER
-        result, images_blob = pack(job.result, images)
-        values = (
-            job.id,
-            job.owner,
-            job.idempotency_key,
-            job.fingerprint,
-            job.mode,
-            job.operation,
-            job.route,
-            job.model,
-            job.status,
-            job.created_at,
-            job.updated_at,
-            job.expires_at,
-            job.content_type,
-            job.body,
-            job.base_url,
-            job.callback_url,
-            int(job.stream),
-            json.dumps(result) if result is not None else None,
-            json.dumps(job.error) if job.error is not None else None,
-            job.status_code,
-            job.attempts,
-            job.runner,
-            job.lease_until,
-            int(job.cancel_requested),
-            images_blob,
-            job.created_ns or time.time_ns(),
-        )
+        rows = [_row(job, images) for job, images in jobs]
+        one = f"({', '.join([p] * len(rows[0]))})"
         try:
             self._run(
-                f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES ({', '.join([p] * len(values))})",
-                values,
-                durable=job.mode == "async",  # a 202 promises the job; a waiting client retries anyway
+                f"INSERT INTO limner_jobs ({COLUMNS}, created_ns) VALUES {', '.join([one] * len(rows))}",
+                [value for row in rows for value in row],
+                durable=durable,
             )
         except Exception as exc:
-            if job.idempotency_key is not None and self._is_key_taken(exc):
-                raise KeyTaken(job.idempotency_key) from exc
+            keys = [job.idempotency_key for job, _ in jobs if job.idempotency_key is not None]
+            if keys and self._is_key_taken(exc):
+                raise KeyTaken(keys[0] if len(keys) == 1 else ", ".join(keys)) from exc
             raise
 
     @abc.abstractmethod
