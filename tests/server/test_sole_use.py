@@ -163,6 +163,47 @@ async def test_a_second_server_makes_the_first_write_what_only_it_knew(
     assert sorted(first_engine.runs) == [[1], [2]] and second_engine.runs == []
 
 
+async def test_a_job_accepted_after_the_knock_is_handed_over_too(
+    tmp_path: Path, never_long: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request tries the knock at most every KNOCK_CHECK_SECONDS (here: never again after the first):
+    a job kept in memory after another server knocked is written by the hand-over all the same, which
+    the newcomer waits for (found by the first server's keeper, at its next tick)."""
+    monkeypatch.setattr("limner.server.serving.durable.KNOCK_CHECK_SECONDS", 600.0)
+    monkeypatch.setattr("limner.server.serving.durable.HAND_OVER_SECONDS", 120.0)
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    first_engine, second_engine = GateEngine(max_batch=1), GateEngine()
+    settings = Settings(data_dir=tmp_path, job_lease_seconds=3.0)  # the keeper's tick: every 0.5 s
+    async with app_client(settings, engines={"m": first_engine}) as first:
+        manager = first.app.state.jobs
+        posts = [
+            asyncio.ensure_future(first.post(GENERATIONS, json=body(1), headers={"idempotency-key": "a"}))
+        ]
+        await first_engine.began(1)
+        second_app = app_client(settings, engines={"m": second_engine})
+        entering = asyncio.ensure_future(second_app.__aenter__())
+        await until(manager._sole.knocked)
+        posts.append(
+            asyncio.ensure_future(first.post(GENERATIONS, json=body(2), headers={"idempotency-key": "b"}))
+        )
+        second = await asyncio.wait_for(entering, timeout=120)
+        try:
+            # Started: the first had written both jobs, the one accepted after the knock too.
+            for key in ("a", "b"):
+                assert store.by_idempotency_key("-", key) is not None, key
+            retries = [
+                asyncio.ensure_future(second.post(GENERATIONS, json=body(n), headers={"idempotency-key": k}))
+                for n, k in ((1, "a"), (2, "b"))
+            ]
+            first_engine.open()
+            answers = await asyncio.gather(*posts, *retries)
+            assert [a.status_code for a in answers] == [200] * 4
+            assert answers[0].json() == answers[2].json() and answers[1].json() == answers[3].json()
+        finally:
+            await second_app.__aexit__(None, None, None)
+    assert sorted(first_engine.runs) == [[1], [2]] and second_engine.runs == []
+
+
 async def test_a_server_that_stops_writes_the_jobs_only_it_knew(tmp_path: Path, never_long: None) -> None:
     settings = Settings(data_dir=tmp_path)
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")

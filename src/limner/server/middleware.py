@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limner.errors import PayloadTooLarge
+from limner.server import ids
 
 if TYPE_CHECKING:
     from limner.server.metrics import Metrics
@@ -67,7 +67,7 @@ class RequestContextMiddleware:
 
 def new_request_id() -> str:
     """limner's request id form, `req_` and 32 hex digits (a proxy in front uses it too: ProxyRequestId)."""
-    return "req_" + secrets.token_hex(16)
+    return "req_" + ids.token_hex(16)
 
 
 class ProxyRequestId:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
+from limner.server import ids
 from limner.server.errors import server_error
 from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
@@ -77,6 +77,8 @@ WRITE_NOW_BYTES = 256 * 1024
 DEFER_START_SECONDS = 0.25
 #: How long a server that starts waits for the one using the store alone to share it.
 HAND_OVER_SECONDS = 10.0
+#: How often, at most, a request tries whether another process has knocked (the keeper's tick does too).
+KNOCK_CHECK_SECONDS = 0.05
 #: The in-memory index of recorded keys is read again from the store when it has grown to twice what
 #: the last reading found (and at least this): the keys of expired answers leave it.
 KEY_INDEX_REREAD = 4096
@@ -175,6 +177,7 @@ class JobManager:
         #: without reading the store. A key that may be recorded takes the insert's path.
         self._sole = store.sole_use()
         self._deferring = False
+        self._knock_checked = 0.0  # when `_defers` last tried the knock (time.monotonic)
         self._unrecorded: dict[tuple[str, str], Live] = {}
         self._keys: set[int] = set()
         self._keys_read = 0  # how many the last reading found
@@ -238,7 +241,7 @@ class JobManager:
                 work = await parse(request)  # a request that is not valid is refused here; nothing is stored
                 now = int(time.time())
                 record = JobRecord(
-                    id="imgjob_" + secrets.token_hex(12),
+                    id="imgjob_" + ids.token_hex(12),
                     owner=owner,
                     idempotency_key=key,
                     fingerprint=digest,
@@ -301,9 +304,15 @@ class JobManager:
         and the key is new (not in `_keys`: a retry's must be looked up)."""
         if not self._deferring or self._sole is None or not self._store_writable:
             return False
-        if self._sole.knocked():  # another process has come: nothing more in memory only
-            self._start_hand_over()
-            return False
+        # Another process has come: nothing more in memory only. Tried at most every
+        # KNOCK_CHECK_SECONDS: the lock calls let the GIL go (a wait each under load), and a job kept in
+        # memory after the knock is written by the hand-over anyway, which the newcomer waits for.
+        now = time.monotonic()
+        if now >= self._knock_checked + KNOCK_CHECK_SECONDS:
+            self._knock_checked = now
+            if self._sole.knocked():
+                self._start_hand_over()
+                return False
         return hash((owner, key)) not in self._keys
 
     def _defer(self, live: Live) -> None:
