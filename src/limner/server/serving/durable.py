@@ -333,10 +333,13 @@ class JobManager:
         live.recorded = True  # only now: the lease watcher must not take it for a lost job before
         self._key_recorded(live.record.owner, live.record.idempotency_key)
 
-    async def _insert(self, record: JobRecord, images: list[bytes] | None = None, **how: bool) -> None:
-        """Write a new job (writes.py: `how`), and remember whether the store could be written."""
+    async def _insert(
+        self, record: JobRecord, images: list[bytes] | None = None, *, gathered: bool = False, **how: bool
+    ) -> None:
+        """Write a new job (writes.py: `how`; `gathered`: an ended one, inserted with others), and
+        remember whether the store could be written."""
         try:
-            if how.pop("gathered", False):
+            if gathered:
                 await self._write.insert_gathered(record, images)
             else:
                 await self._write(self.store.insert, record, images, **how)
