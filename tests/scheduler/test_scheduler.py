@@ -3,6 +3,7 @@ directly with tests/support/engines.GateEngine (each run waits until the test le
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -97,3 +98,31 @@ async def test_per_key_running_limit() -> None:
         engine.open()
         await scheduler.result(first)
         await scheduler.result(other)
+
+
+@pytest.mark.parametrize("outlive", [False, True])
+async def test_a_cancelled_waiter_cancels_its_job_unless_the_job_outlives_it(outlive: bool) -> None:
+    """A job with a key outlives the task that waits for it: that task cancelled, the job goes on and
+    the next waiter gets its result; any other job is cancelled with its waiter."""
+    engine = GateEngine(batches=False)
+    with scheduler_with(engine) as scheduler:
+        blocker = submit(scheduler, 100)
+        await engine.began(1)
+        queued = submit(scheduler, 1)
+        for wait in (scheduler.wait_started, scheduler.result):
+            waiter = asyncio.ensure_future(wait(queued, outlive=outlive))
+            await asyncio.sleep(0.05)  # the task waits now: its job is queued behind the blocker
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            if not outlive:
+                break
+        engine.open()
+        await scheduler.result(blocker)
+        if outlive:
+            assert len(await scheduler.result(queued)) == 1
+            assert [run[0] for run in engine.runs] == [100, 1]
+        else:
+            with pytest.raises(JobCancelled):
+                await scheduler.result(queued)
+            assert [run[0] for run in engine.runs] == [100]

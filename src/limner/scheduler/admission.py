@@ -198,6 +198,8 @@ class Scheduler:
         loop = ticket.future.get_loop()
 
         def resolve() -> None:
+            ticket.started.set()  # one that ended without starting (cancelled, failed) wakes its waiter
+            ticket.ended.set()
             if ticket.future.done():
                 return
             if error is not None:
@@ -227,41 +229,69 @@ class Scheduler:
             self.ended(ticket, None, JobCancelled())
 
     async def result(
-        self, ticket: Ticket[T], is_disconnected: Callable[[], Awaitable[bool]] | None = None
+        self,
+        ticket: Ticket[T],
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        outlive: bool = False,
     ) -> T:
         """The job's result. Cancelling the awaiting task, or the client leaving (when
-        `is_disconnected` is given), cancels the job and raises JobCancelled."""
+        `is_disconnected` is given), cancels the job and raises JobCancelled; with `outlive`, a
+        cancelled waiter leaves the job as it is (a job with a key: its retry will want it)."""
+        if is_disconnected is None:
+            if not ticket.future.done():
+                await self._wait(ticket, ticket.ended, outlive)
+            return ticket.future.result()
         await self._watch(ticket, ticket.future, is_disconnected)
         return ticket.future.result()
 
     async def wait_started(
-        self, ticket: Ticket[Any], is_disconnected: Callable[[], Awaitable[bool]] | None = None
+        self,
+        ticket: Ticket[Any],
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        outlive: bool = False,
     ) -> None:
         """Until the job has started (its queue time and batch are known) or ended; cancels the job
         like `result` when the client leaves first."""
+        if ticket.started.is_set():
+            return
+        if is_disconnected is None:
+            await self._wait(ticket, ticket.started, outlive)
+            return
         started = asyncio.ensure_future(ticket.started.wait())
         try:
-            await self._watch(ticket, asyncio.ensure_future(_first(started, ticket.future)), is_disconnected)
+            await self._watch(ticket, started, is_disconnected)
         finally:
             started.cancel()
+
+    async def _wait(self, ticket: Ticket[Any], event: asyncio.Event, outlive: bool) -> None:
+        # The event is set in the step of the loop that ends (or starts) the job, and wakes this task
+        # in the next one, where asyncio.wait takes two more: under load each step of the loop gives the
+        # GIL to the engine threads and waits to get it back.
+        try:
+            await event.wait()
+        except (
+            asyncio.CancelledError
+        ):  # the awaiting task was cancelled: so is its job, unless it outlives it
+            if not outlive:
+                self.cancel(ticket)
+            raise
 
     async def _watch(
         self,
         ticket: Ticket[Any],
         awaited: asyncio.Future[Any],
-        is_disconnected: Callable[[], Awaitable[bool]] | None,
+        is_disconnected: Callable[[], Awaitable[bool]],
     ) -> None:
-        watcher = asyncio.ensure_future(_until(is_disconnected)) if is_disconnected else None
+        watcher = asyncio.ensure_future(_until(is_disconnected))
         try:
-            await asyncio.wait(
-                {awaited} | ({watcher} if watcher else set()), return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({awaited, watcher}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the awaiting task was cancelled: the server is stopping
             self.cancel(ticket)
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
         if not awaited.done():  # the client left first
             awaited.cancel()
             self.cancel(ticket)
@@ -307,10 +337,6 @@ class Scheduler:
                     "failed": sum(s.failed for s in stats),
                 }
         return out
-
-
-async def _first(*futures: asyncio.Future[Any]) -> None:
-    await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def _until(is_disconnected: Callable[[], Awaitable[bool]]) -> None:

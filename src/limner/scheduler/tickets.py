@@ -68,8 +68,10 @@ class Ticket(Generic[T]):
     finish: Callable[[list[Image.Image]], T]
     future: asyncio.Future[T]
     key: Hashable | None
-    #: Set (on the event loop) when a worker picks the job.
+    #: Set (on the event loop) when a worker picks the job, or when it ends without starting.
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set (on the event loop) when its future is.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     enqueued: float = field(default_factory=time.monotonic)
     state: str = "queued"  # queued, running, ended
     #: Set when the job starts: how long it waited, and how many images its engine run held.
