@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from limner.server.settings import Settings
+from limner.stores.jobs import SqliteJobStore
 from limner.stores.keys import SqliteKeyStore
 from limner.types import ImageJobList
 from tests.support.engines import GateEngine
@@ -99,6 +100,39 @@ async def test_concurrent_duplicates_attach_to_one_job(tmp_path: Path) -> None:
         assert {r.status_code for r in answers} == {200}
         assert len({r.json()["data"][0]["b64_json"] for r in answers}) == 1
         assert engine.runs == [[5]]
+
+
+@pytest.mark.parametrize("when", ["queued", "running"])
+async def test_a_job_with_a_key_goes_on_where_it_was_when_its_handler_is_cancelled(
+    tmp_path: Path, when: str
+) -> None:
+    """The handler that drives a synchronous job with a key is cancelled (a proxy that cancels the
+    request of a client that left, as Ray Serve does; in process, cancelling the request does): the job
+    goes on where it was, runs once and is counted once, and the retry gets its answer."""
+    engine = GateEngine(batches=False)
+    headers = {"idempotency-key": "left"}
+    async with app_client(Settings(data_dir=tmp_path), engines={"m": engine}) as client:
+        manager = client.app.state.jobs
+        if when == "queued":
+            blocker = asyncio.ensure_future(client.post(GENERATIONS, json=body(100)))
+            await engine.began(1)
+        first = asyncio.ensure_future(client.post(GENERATIONS, json=body(7), headers=headers))
+        if when == "running":
+            await engine.began(1)
+        else:
+            await until(lambda: len(manager.live) == 1)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        engine.open()
+        retry = await client.post(GENERATIONS, json=body(7), headers=headers)
+        assert retry.status_code == 200 and retry.json()["data"]
+        if when == "queued":
+            await blocker
+        await until(lambda: not manager.live)
+    assert [run[0] for run in engine.runs] == ([100, 7] if when == "queued" else [7])
+    stored = SqliteJobStore(tmp_path / "jobs.sqlite3").by_idempotency_key("-", "left")
+    assert stored is not None and stored.status == "completed" and stored.attempts == 1
 
 
 async def test_a_reused_key_with_another_body_is_a_400(tmp_path: Path) -> None:

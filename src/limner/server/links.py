@@ -13,7 +13,8 @@ from fastapi import Request
 def base_url(request: Request, public_url: str | None, trusted_proxies: list[str]) -> str:
     if public_url:
         return public_url.rstrip("/")
-    scheme = request.url.scheme
+    # From the scope, not request.url: building the whole URL costs a request more than the rest.
+    scheme = request.scope.get("scheme", "http")
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
     peer = request.client.host if request.client else ""
     if peer and peer in trusted_proxies:

@@ -56,6 +56,13 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     check_text(data)
+    request.state.json_object = data  # for the fingerprint of a request with a key: parsed once
+    return data
+
+
+def parsed_json_object(request: Request) -> dict[str, Any] | None:
+    """The JSON object `json_object` read from this request's body, if it did."""
+    data: dict[str, Any] | None = getattr(request.state, "json_object", None)
     return data
 
 

@@ -44,6 +44,7 @@ from limner.errors import InvalidRequest, JobCancelled, LimnerError
 from limner.scheduler import Scheduler
 from limner.server import ids
 from limner.server.errors import server_error
+from limner.server.inputs.parsing import parsed_json_object
 from limner.server.serving import callbacks, events
 from limner.server.serving.callbacks import CALLBACK_HEADER, SIGNATURE_HEADER
 from limner.server.serving.fingerprints import Fingerprint, fingerprint
@@ -195,8 +196,11 @@ class JobManager:
             self._keeper.cancel()
         self._write.close()
 
-    def gathered_written(self) -> None:
-        """Insert the ended jobs gathered for one statement (writes.py) now, for a read of the store."""
+    async def gathered_written(self) -> None:
+        """Insert the ended jobs gathered for one statement (writes.py) now, for a read of the store.
+        First a step of the loop: a job whose client was just answered is gathered by its end's task
+        (`_answer_driving`), which then takes its first step."""
+        await asyncio.sleep(0)
         self._write.insert_gathered_now()
 
     async def release(self) -> None:
@@ -230,7 +234,7 @@ class JobManager:
                 param=IDEMPOTENCY_HEADER,
             )
         content_type = request.headers.get("content-type", "")
-        body, digest = await _read_fingerprinted(request, content_type)
+        body, print_ = await _read_printed(request, content_type)
         owner = owner_of(request)
         claim = self._claims.take(owner, key)
         try:
@@ -239,6 +243,7 @@ class JobManager:
             # for the new request that nearly every key is).
             async with claim.lock:
                 work = await parse(request)  # a request that is not valid is refused here; nothing is stored
+                digest = await _digest(print_, body, request)
                 now = int(time.time())
                 record = JobRecord(
                     id="imgjob_" + ids.token_hex(12),
@@ -247,7 +252,7 @@ class JobManager:
                     fingerprint=digest,
                     mode="async" if asynchronous else "sync",
                     operation=operation,
-                    route=request.url.path,
+                    route=request.scope["path"],
                     model=work.model,
                     status="queued",
                     created_at=now,
@@ -282,8 +287,12 @@ class JobManager:
                         self._check_same(existing, digest)
                         return await self._answer(request, existing, asynchronous)
                     self._key_recorded(owner, key)
+                # A synchronous job's answer is its client's to drive (a stream's is the stream's reader).
+                driven_here = not asynchronous and not record.stream
                 try:
-                    live = self._start(record, work, client_of(request), admitted=False)
+                    live = self._start(
+                        record, work, client_of(request), admitted=False, driven_here=driven_here
+                    )
                     live.counted = not asynchronous
                 except LimnerError:  # the queue is full: nothing was accepted
                     if not deferred:
@@ -295,6 +304,8 @@ class JobManager:
             self._claims.give_back(owner, key, claim)
         if asynchronous:
             return self._job_response(record, live, status=202)
+        if driven_here:
+            return await self._answer_driving(request, live)
         return await self._answer_live(request, live)
 
     # -- short synchronous jobs, written once (while this process alone uses the store) ----------
@@ -434,8 +445,11 @@ class JobManager:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _start(self, record: JobRecord, work: Work, client: str, *, admitted: bool) -> Live:
-        """Queue the job's first engine run now (a full queue raises at once), drive the rest in a task."""
+    def _start(
+        self, record: JobRecord, work: Work, client: str, *, admitted: bool, driven_here: bool = False
+    ) -> Live:
+        """Queue the job's first engine run now (a full queue raises at once), and drive it in a task of
+        its own; `driven_here`: by the caller (`_answer_driving`)."""
         run = Run(
             work,
             self.scheduler,
@@ -443,16 +457,62 @@ class JobManager:
             self.app.state.metrics,
             with_events=record.stream or record.mode == "async",
             image_by_image=record.stream,
+            outlives_driver=driven_here,
         )
         run.start(admitted=admitted)
         live = Live(record, run)
         self.live[record.id] = live
-        task = asyncio.create_task(self._drive(live))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if not driven_here:
+            self._spawn(self._drive(live))
         return live
 
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _drive(self, live: Live) -> None:
+        """Run the job, then record its end: a task of its own (an asynchronous job, a stream, a job
+        recovered or taken over)."""
+        try:
+            try:
+                await self._run(live)
+            except asyncio.CancelledError:  # the server is stopping
+                self._cancelled(live)
+        finally:
+            await self._ended(live)
+
+    async def _answer_driving(self, request: Request, live: Live) -> Response:
+        """A synchronous job's first client drives it in its own handler, as a plain request does: the
+        answer needs no task to wake this one (a step of the loop, and under load a wait for the GIL,
+        each). Its end is recorded in a task meanwhile. The job still outlives its client: the client's
+        leaving is not watched, and a handler cancelled on the way (a proxy that cancels the request of a
+        client that left, as Ray Serve does; the server stopping) hands the job, where it is, to a task."""
+        record = live.record
+        try:
+            await self._run(live)
+        except asyncio.CancelledError:
+            live.run.outlives_driver = False  # its last driver: the task, cancelled (a stop), stops the run
+            self._spawn(self._drive(live))
+            raise
+        if record.status == "completed":
+            live.answer()  # a retry that waits for it (one that comes later replays `record`)
+        self._spawn(self._ended(live))
+        if not live.answered.is_set():  # a job that failed: answered once its end is in the store
+            await _until_answered(request, live)
+        note(request, live.run)
+        response = self._replay(record)
+        response.headers.update(live.run.observed())
+        return response
+
+    def _cancelled(self, live: Live) -> None:
+        live.run.cancelled = True
+        if not (self._stopping or live.lost) and live.record.status not in ENDED:
+            live.record.status = "cancelled"
+
+    async def _run(self, live: Live) -> None:
+        """Run the job to its outcome, in `record` (status, result or error); left active when the
+        server stops or another replica took it over."""
         record, run = live.record, live.run
         state = self.app.state
 
@@ -472,14 +532,10 @@ class JobManager:
             run.publish()
 
         try:
-            try:
+            if not run.done.is_set():  # else its driver was cancelled after the run (_answer_driving)
                 await run.drive(on_start=started)
-            except asyncio.CancelledError:
-                run.cancelled = True
             if run.cancelled:
-                if self._stopping or live.lost:
-                    return  # left active in the store: the next start (or the replica that took it) runs it
-                record.status = "cancelled"
+                self._cancelled(live)
             elif run.error is not None:
                 self._set_failed(record, run.error.to_dict(), run.error.status_code)
             else:
@@ -502,28 +558,32 @@ class JobManager:
         except Exception:
             log.exception("job %s failed", record.id)
             self._set_failed(record, server_error().to_dict(), 500)
-        finally:
-            # Whoever waits is answered once the end is in the store, or from memory if the first write
-            # fails; the live entry (what GET reads) stays until the end is in the store (_write_end).
-            if record.status == "completed":
-                live.answer()
-            if live.start_write is not None:
-                try:
-                    await live.start_write
-                except Exception as exc:  # the store cannot be written now: the end is retried below
-                    log.warning("job %s: its start cannot be recorded: %s", record.id, exc)
-            if record.status in ENDED:
-                await self._write_end(live)
+
+    async def _ended(self, live: Live) -> None:
+        """After the run: record the job's end (unless it was left active), answer whoever waits, let
+        go of its key's claim, and call its callback."""
+        record = live.record
+        # Whoever waits is answered once the end is in the store, or from memory if the first write
+        # fails; the live entry (what GET reads) stays until the end is in the store (_write_end).
+        if record.status == "completed":
             live.answer()
-            live.done.set()
-            run.publish()
-            self.live.pop(record.id, None)
-            claimed = (record.owner, record.idempotency_key or "")
-            # Unless stopped unwritten (release() writes it); never another job's claim of the key.
-            if (live.recorded or record.status in ENDED) and self._unrecorded.get(claimed) is live:
-                del self._unrecorded[claimed]
-            if record.callback_url and record.status in ENDED:
-                await self._call_back(record)
+        if live.start_write is not None:
+            try:
+                await live.start_write
+            except Exception as exc:  # the store cannot be written now: the end is retried below
+                log.warning("job %s: its start cannot be recorded: %s", record.id, exc)
+        if record.status in ENDED:
+            await self._write_end(live)
+        live.answer()
+        live.done.set()
+        live.run.publish()
+        self.live.pop(record.id, None)
+        claimed = (record.owner, record.idempotency_key or "")
+        # Unless stopped unwritten (release() writes it); never another job's claim of the key.
+        if (live.recorded or record.status in ENDED) and self._unrecorded.get(claimed) is live:
+            del self._unrecorded[claimed]
+        if record.callback_url and record.status in ENDED:
+            await self._call_back(record)
 
     @staticmethod
     def _set_failed(record: JobRecord, error: dict[str, Any], status_code: int) -> None:
@@ -853,9 +913,10 @@ def _small_end(images: list[bytes] | None) -> bool:
     return images is None or sum(map(len, images)) <= WRITE_NOW_BYTES
 
 
-async def _read_fingerprinted(request: Request, content_type: str) -> tuple[bytes, str]:
-    """The body, hashed while it arrives (the body limit still applies: this reads through it)."""
-    print_ = Fingerprint(request.url.path, content_type)
+async def _read_printed(request: Request, content_type: str) -> tuple[bytes, Fingerprint]:
+    """The body, and its fingerprint fed while it arrives (the body limit still applies: this reads
+    through it)."""
+    print_ = Fingerprint(request.scope["path"], content_type)
     chunks = []
     async for chunk in request.stream():
         chunks.append(chunk)
@@ -863,9 +924,15 @@ async def _read_fingerprinted(request: Request, content_type: str) -> tuple[byte
     body = b"".join(chunks)
     # Starlette's own cache of a read body: the route's parsing (form or JSON) reads it from there.
     request._body = body
+    return body, print_
+
+
+async def _digest(print_: Fingerprint, body: bytes, request: Request) -> str:
+    """The fingerprint, once the route's parsing has read the body (a JSON body is not parsed again)."""
+    parsed = parsed_json_object(request)
     if len(body) < INLINE_FINGERPRINT_BYTES or print_.kind == "multipart/form-data":
-        return body, print_.hexdigest(body)  # microseconds (multipart was hashed as it came)
-    return body, await asyncio.to_thread(print_.hexdigest, body)  # a large JSON body is parsed
+        return print_.hexdigest(body, parsed)  # microseconds (multipart was hashed as it came)
+    return await asyncio.to_thread(print_.hexdigest, body, parsed)  # a large JSON body is written out
 
 
 def replayed_request(app: FastAPI, record: JobRecord) -> Request:

@@ -92,12 +92,12 @@ class Fingerprint:
     def __init__(self, route: str, content_type: str) -> None:
         self.kind = content_type.split(";")[0].strip().lower()
         self._start = hashlib.sha256(route.encode() + b"\0" + self.kind.encode() + b"\0")
-        self._parts = self._start.copy()
         self._parser: MultipartParser | None = None
         if self.kind == "multipart/form-data":
             _, options = parse_options_header(content_type)
             boundary = options.get(b"boundary")
             if boundary:
+                self._parts = self._start.copy()
                 self._parser = MultipartParser(boundary, cast(Any, _Parts(self._parts).callbacks()))
 
     def feed(self, chunk: bytes) -> None:
@@ -107,8 +107,9 @@ class Fingerprint:
             except Exception:  # not valid multipart: hashed by its bytes instead
                 self._parser = None
 
-    def hexdigest(self, body: bytes) -> str:
-        """`body`: all that was fed (JSON is hashed by its parsed value, anything else by its bytes)."""
+    def hexdigest(self, body: bytes, parsed: object = None) -> str:
+        """`body`: all that was fed. JSON is hashed by its parsed value (`parsed`: the value the route's
+        parsing read from it, when it did: not parsed twice), anything else by its bytes."""
         if self._parser is not None:
             try:
                 self._parser.finalize()
@@ -118,7 +119,8 @@ class Fingerprint:
         digest = self._start.copy()
         if self.kind == "application/json":
             try:
-                parsed = json.loads(body)
+                if parsed is None:
+                    parsed = json.loads(body)
                 if isinstance(parsed, dict):
                     parsed = {k: v for k, v in parsed.items() if not _no_op(k, v)}
                 digest.update(json.dumps(parsed, sort_keys=True).encode())

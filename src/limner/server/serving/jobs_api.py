@@ -73,7 +73,7 @@ class JobsApi:
         mode: str | None = None,
         after: str | None = None,
     ) -> JSONResponse:
-        self.manager.gathered_written()  # a job whose client has its answer is listed
+        await self.manager.gathered_written()  # a job whose client has its answer is listed
         records = await asyncio.to_thread(
             self.manager.store.of_owner,
             owner_of(request),

@@ -73,6 +73,10 @@ class Run:
     metrics: Metrics | None
     with_events: bool = False
     image_by_image: bool = False
+    #: The job outlives a cancelled driver (a synchronous job with a key, driven by its client's handler:
+    #: its retry will want it): a cancelled `drive` leaves it queued or running, and `done` unset, for
+    #: the next `drive` to take up where it was. One job only (not `image_by_image`).
+    outlives_driver: bool = False
     ctx: JobContext = field(init=False)
     jobs: list[Job] = field(init=False)
     ticket: Ticket[list[bytes]] | None = None
@@ -81,6 +85,8 @@ class Run:
     #: Each image's completed event but its image (what a durable job keeps with its result).
     completed: list[dict[str, Any]] = field(default_factory=list)
     progress: tuple[int, int] | None = None
+    #: The first job has started (`on_start` was called): once only, whichever `drive` saw it.
+    began: bool = False
     #: How it ended when not with images: an error (the envelope's), or cancelled (the client left,
     #: DELETE, or the server is stopping).
     error: LimnerError | None = None
@@ -138,15 +144,20 @@ class Run:
     ) -> None:
         """Run every job (the first was queued by start()); sets `error` rather than raising, and
         `done` at the end. `disconnected` is watched while waiting: a client that leaves cancels."""
+        assert not (self.outlives_driver and self.image_by_image)
         current = self.ticket
+        handed_on = False
+        outlive = self.outlives_driver
         try:
             for index, job in enumerate(self.jobs):
                 current = self.ticket if index == 0 else self._submit(job, admitted=True)
                 assert current is not None
-                await self.scheduler.wait_started(current, disconnected)
-                if index == 0 and on_start is not None:
-                    await on_start()
-                images = await self.scheduler.result(current, disconnected)
+                await self.scheduler.wait_started(current, disconnected, outlive=outlive)
+                if index == 0 and not self.began:
+                    self.began = True
+                    if on_start is not None:
+                        await on_start()
+                images = await self.scheduler.result(current, disconnected, outlive=outlive)
                 self.encoded += images
                 for data in images:
                     fields = events.completed_fields(
@@ -156,6 +167,10 @@ class Run:
                     if self.with_events:
                         self.publish(events.completed_event(fields, {"b64_json": events.b64(data)}))
             current = None
+        except asyncio.CancelledError:
+            handed_on = outlive  # the job goes on, for the next drive()
+            self.cancelled = not outlive  # else its engine run is stopped (below)
+            raise
         except JobCancelled:
             self.cancelled = True
         except LimnerError as exc:
@@ -164,10 +179,11 @@ class Run:
             log.exception("an image job failed")
             self.error = server_error()
         finally:
-            if current is not None:  # the client left, a failure, or a cancellation: stop the engine
-                self.scheduler.cancel(current)
-            self.done.set()
-            self.publish()
+            if not handed_on:
+                if current is not None:  # the client left, a failure, or a cancellation: stop the engine
+                    self.scheduler.cancel(current)
+                self.done.set()
+                self.publish()
 
     def cancel(self) -> None:
         self.ctx.cancel()
