@@ -7,7 +7,8 @@ job store with its body, queued, and only then answered: 202 with the job for as
 for synchronous ones with a key, the ImagesResponse (or the stream) once the job is done. A retry
 with the same key and body gets the same answer, attaching to the job while it runs; the same key
 with another body is a 400 naming the header. A job with a key does not stop when its client leaves:
-the retry will want it.
+the retry will want it. A synchronous one is driven by its first client's handler, as a plain request
+is (`_answer_driving`); an asynchronous job, a stream and a recovered job by a task of their own.
 
 After a crash, `recover()` runs every job that was queued or running again, from the stored request,
 through the same parsing code as a new request (create_app hands this layer the routes' parse
