@@ -109,6 +109,31 @@ async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another(tmp_path:
     assert seeds(b_engine) == [3]
 
 
+async def test_a_client_waiting_on_a_replica_that_lost_its_job_gets_the_other_ones_answer(
+    tmp_path: Path, jobs_url: str
+) -> None:
+    """A synchronous job with a key whose replica stops renewing is taken over by another: its client,
+    still waiting on the first, gets the job's answer from the store (not a 409 that says cancelled)."""
+    a_engine, b_engine = GateEngine(), GateEngine()
+    b_engine.open()
+    async with (
+        replica(tmp_path, "a", jobs_url, a_engine) as a,
+        replica(tmp_path, "b", jobs_url, b_engine) as b,
+    ):
+        manager = a.app.state.jobs  # type: ignore[attr-defined]
+        headers = {"idempotency-key": "taken-over"}
+        waiting = asyncio.ensure_future(a.post(GENERATIONS, json=body(4), headers=headers))
+        await a_engine.began(1)
+        manager._keeper.cancel()  # A hangs: it no longer renews
+        await until(lambda: seeds(b_engine) == [4])  # after the lease, B takes the job over and runs it
+        manager._keeper = asyncio.ensure_future(manager._keep())  # A sees it lost the job
+        answer = await waiting
+        a_engine.open()
+        assert answer.status_code == 200, answer.text
+        replayed = await b.post(GENERATIONS, json=body(4), headers=headers)
+        assert replayed.json() == answer.json()
+
+
 async def test_a_job_that_ends_is_never_taken_for_a_lost_one(tmp_path: Path) -> None:
     """Between the write of its end and its run's last step, a job's row is no longer active: the lease
     keeper must not take that for another replica's take-over (it once did, at concurrency 8)."""

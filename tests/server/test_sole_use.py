@@ -227,6 +227,34 @@ async def test_a_server_that_stops_writes_the_jobs_only_it_knew(tmp_path: Path, 
     assert engine.runs == [[1]]
 
 
+async def test_a_client_still_waiting_when_the_server_stops_is_told_to_retry_with_its_key(
+    tmp_path: Path, never_long: None
+) -> None:
+    """The job of a client whose request is still open when the server stops is left for the next
+    start: its client gets a 503 that says to send it again with the same key (not a 409 that says it
+    was cancelled, which a client obeys with a new key, and runs it twice), and the retry runs it once."""
+    settings = Settings(data_dir=tmp_path)
+    stuck = GateEngine(batches=False)
+    async with app_client(settings, engines={"m": stuck}) as client:
+        blocker = asyncio.ensure_future(client.post(GENERATIONS, json=body(100)))
+        await stuck.began(1)
+        waiting = asyncio.ensure_future(
+            client.post(GENERATIONS, json=body(1), headers={"idempotency-key": "k"})
+        )
+        await until(lambda: len(client.app.state.jobs.live) == 1)
+    stuck.open()  # the stop took the keyed job out of the queue; the blocker's run may end now
+    answer = await waiting
+    await blocker
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "server_stopping" and "same Idempotency-Key" in answer.text
+    engine = GateEngine()
+    engine.open()
+    async with app_client(settings, engines={"m": engine}) as client:
+        retry = await client.post(GENERATIONS, json=body(1), headers={"idempotency-key": "k"})
+        assert retry.status_code == 200, retry.text
+    assert [run[0] for run in engine.runs] == [1]
+
+
 async def test_the_index_of_recorded_keys_is_read_again_without_losing_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from limner.errors import InvalidRequest, JobCancelled, LimnerError
+from limner.errors import InvalidRequest, JobCancelled, LimnerError, ServiceUnavailable
 from limner.scheduler import Scheduler
 from limner.server import ids
 from limner.server.errors import server_error
@@ -501,10 +501,7 @@ class JobManager:
         self._spawn(self._ended(live))
         if not live.answered.is_set():  # a job that failed: answered once its end is in the store
             await _until_answered(request, live)
-        note(request, live.run)
-        response = self._replay(record)
-        response.headers.update(live.run.observed())
-        return response
+        return await self._answer_run(request, live)
 
     def _cancelled(self, live: Live) -> None:
         live.run.cancelled = True
@@ -823,8 +820,22 @@ class JobManager:
             )
         if not live.answered.is_set():
             await _until_answered(request, live)
+        return await self._answer_run(request, live)
+
+    async def _answer_run(self, request: Request, live: Live) -> Response:
+        """The answer of a job run here, once answered: its own; or, taken over by another replica,
+        that one's (never a false "cancelled")."""
+        if live.lost:
+            return await self._answer_elsewhere(request, live.record)
         note(request, live.run)  # the access record's queue and run times, as for a plain request
-        response = self._replay(record)
+        if live.record.status not in ENDED:  # left for the next start: the server stops
+            stopping = ServiceUnavailable(
+                f"The server is stopping; send the request again with the same {IDEMPOTENCY_HEADER} "
+                "to get this job's answer (it runs when the server is back).",
+                code="server_stopping",
+            )
+            return JSONResponse(stopping.to_dict(), status_code=503, headers={"Retry-After": "1"})
+        response = self._replay(live.record)
         response.headers.update(live.run.observed())
         return response
 
