@@ -89,31 +89,13 @@ async def test_one_key_sent_to_two_replicas_at_once_runs_once(tmp_path: Path, jo
     assert len(seeds(a_engine) + seeds(b_engine)) == 1
 
 
-async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another(tmp_path: Path, jobs_url: str) -> None:
-    a_engine, b_engine = GateEngine(), GateEngine()
-    b_engine.open()
-    async with (
-        replica(tmp_path, "a", jobs_url, a_engine) as a,
-        replica(tmp_path, "b", jobs_url, b_engine) as b,
-    ):
-        manager = a.app.state.jobs  # type: ignore[attr-defined]
-        job_id = (await a.post(GENERATIONS, json=body(3), headers=ASYNC)).json()["id"]
-        await a_engine.began(1)
-        manager._keeper.cancel()  # A hangs: it no longer renews (a replica cut off from the database)
-        await wait_status(b, job_id, "completed")  # after the lease, B takes the job over and runs it
-        # A wakes up: its keeper sees the job is no longer its own and stops the run, unrecorded.
-        manager._keeper = asyncio.ensure_future(manager._keep())
-        await until(lambda: job_id not in manager.live)
-        a_engine.open()
-        assert (await job(a, job_id))["status"] == "completed"
-    assert seeds(b_engine) == [3]
-
-
-async def test_a_client_waiting_on_a_replica_that_lost_its_job_gets_the_other_ones_answer(
-    tmp_path: Path, jobs_url: str
+@pytest.mark.parametrize("client", ["async", "waiting"])
+async def test_a_replica_that_stops_renewing_loses_its_jobs_to_another(
+    tmp_path: Path, jobs_url: str, client: str
 ) -> None:
-    """A synchronous job with a key whose replica stops renewing is taken over by another: its client,
-    still waiting on the first, gets the job's answer from the store (not a 409 that says cancelled)."""
+    """After the lease, B takes A's job over and runs it; A's run stops, unrecorded. A client still
+    waiting on A for its synchronous job with a key gets B's answer from the store (not a 409 that
+    says cancelled)."""
     a_engine, b_engine = GateEngine(), GateEngine()
     b_engine.open()
     async with (
@@ -122,16 +104,25 @@ async def test_a_client_waiting_on_a_replica_that_lost_its_job_gets_the_other_on
     ):
         manager = a.app.state.jobs  # type: ignore[attr-defined]
         headers = {"idempotency-key": "taken-over"}
-        waiting = asyncio.ensure_future(a.post(GENERATIONS, json=body(4), headers=headers))
+        if client == "async":
+            job_id = (await a.post(GENERATIONS, json=body(3), headers=ASYNC)).json()["id"]
+        else:
+            waiting = asyncio.ensure_future(a.post(GENERATIONS, json=body(3), headers=headers))
         await a_engine.began(1)
-        manager._keeper.cancel()  # A hangs: it no longer renews
-        await until(lambda: seeds(b_engine) == [4])  # after the lease, B takes the job over and runs it
-        manager._keeper = asyncio.ensure_future(manager._keep())  # A sees it lost the job
-        answer = await waiting
+        manager._keeper.cancel()  # A hangs: it no longer renews (a replica cut off from the database)
+        await until(lambda: seeds(b_engine) == [3])  # after the lease, B takes the job over and runs it
+        # A wakes up: its keeper sees the job is no longer its own and stops the run, unrecorded.
+        manager._keeper = asyncio.ensure_future(manager._keep())
+        await until(lambda: not manager.live)
         a_engine.open()
-        assert answer.status_code == 200, answer.text
-        replayed = await b.post(GENERATIONS, json=body(4), headers=headers)
-        assert replayed.json() == answer.json()
+        if client == "async":
+            assert (await job(a, job_id))["status"] == "completed"
+        else:
+            answer = await waiting
+            assert answer.status_code == 200, answer.text
+            replayed = await b.post(GENERATIONS, json=body(3), headers=headers)
+            assert replayed.json() == answer.json()
+    assert seeds(b_engine) == [3]
 
 
 async def test_a_job_that_ends_is_never_taken_for_a_lost_one(tmp_path: Path) -> None:
