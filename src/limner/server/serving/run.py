@@ -168,8 +168,10 @@ class Run:
                         self.publish(events.completed_event(fields, {"b64_json": events.b64(data)}))
             current = None
         except asyncio.CancelledError:
-            handed_on = outlive  # the job goes on, for the next drive()
-            self.cancelled = not outlive  # else its engine run is stopped (below)
+            if outlive:
+                handed_on = True  # the job goes on, for the next drive()
+            else:
+                self.cancelled = True  # and its engine run is stopped (below)
             raise
         except JobCancelled:
             self.cancelled = True
