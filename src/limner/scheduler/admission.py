@@ -271,10 +271,8 @@ class Scheduler:
         # GIL to the engine threads and waits to get it back.
         try:
             await event.wait()
-        except (
-            asyncio.CancelledError
-        ):  # the awaiting task was cancelled: so is its job, unless it outlives it
-            if not outlive:
+        except asyncio.CancelledError:
+            if not outlive:  # the awaiting task was cancelled: so is its job, unless it outlives it
                 self.cancel(ticket)
             raise
 
