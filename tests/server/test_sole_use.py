@@ -247,6 +247,7 @@ async def test_a_client_still_waiting_when_the_server_stops_is_told_to_retry_wit
     await blocker
     assert answer.status_code == 503, answer.text
     assert answer.json()["error"]["code"] == "server_stopping" and "same Idempotency-Key" in answer.text
+    assert answer.headers["retry-after"] == "1"
     engine = GateEngine()
     engine.open()
     async with app_client(settings, engines={"m": engine}) as client:

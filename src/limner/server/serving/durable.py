@@ -496,10 +496,8 @@ class JobManager:
             live.run.outlives_driver = False  # its last driver: the task, cancelled (a stop), stops the run
             self._spawn(self._drive(live))
             raise
-        if record.status == "completed":
-            live.answer()  # a retry that waits for it (one that comes later replays `record`)
-        self._spawn(self._ended(live))
-        if not live.answered.is_set():  # a job that failed: answered once its end is in the store
+        self._spawn(self._ended(live))  # answers a retry that waits for it, and writes the end
+        if record.status != "completed":  # answered once its end is in the store (a 5xx frees its key)
             await _until_answered(request, live)
         return await self._answer_run(request, live)
 
@@ -829,12 +827,12 @@ class JobManager:
             return await self._answer_elsewhere(request, live.record)
         note(request, live.run)  # the access record's queue and run times, as for a plain request
         if live.record.status not in ENDED:  # left for the next start: the server stops
-            stopping = ServiceUnavailable(
+            raise ServiceUnavailable(
                 f"The server is stopping; send the request again with the same {IDEMPOTENCY_HEADER} "
                 "to get this job's answer (it runs when the server is back).",
                 code="server_stopping",
+                headers={"Retry-After": "1"},
             )
-            return JSONResponse(stopping.to_dict(), status_code=503, headers={"Retry-After": "1"})
         response = self._replay(live.record)
         response.headers.update(live.run.observed())
         return response
